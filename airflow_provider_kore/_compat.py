@@ -1,0 +1,98 @@
+"""Every "this moved between Airflow 3.0 and 3.3" answer, in one place.
+
+Feature detection, never version parsing: each name is looked up where the newest Airflow
+keeps it and falls back to where Airflow 3.0 kept it. Only cheap modules are imported here
+(``airflow.sdk`` is already loaded by any DAG file), so importing this costs nothing at
+DAG-parse time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+try:  # Airflow 3.1+
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef,unused-ignore]
+
+try:  # Airflow 3.1+
+    from airflow.sdk import BaseHook
+except ImportError:  # Airflow 3.0
+    from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+from airflow.sdk import BaseOperator, BaseSensorOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+
+def conf_getboolean(section: str, key: str, fallback: bool) -> bool:
+    """Read a boolean Airflow option (e.g. ``[operators] default_deferrable``)."""
+    try:
+        from airflow.sdk.configuration import conf
+    except ImportError:  # Airflow 3.0
+        from airflow.configuration import conf  # type: ignore[no-redef,unused-ignore]
+    try:
+        return bool(conf.getboolean(section, key, fallback=fallback))
+    except Exception:  # an unreadable config must not break DAG parsing
+        return fallback
+
+
+def default_deferrable() -> bool:
+    """The ``[operators] default_deferrable`` setting, as Airflow's own operators read it."""
+    return conf_getboolean("operators", "default_deferrable", fallback=False)
+
+
+def mask_secret(value: str) -> None:
+    """Register a value with Airflow's secrets masker so it never shows in task logs."""
+    try:
+        from airflow.sdk.log import mask_secret as mask
+    except ImportError:  # Airflow 3.0
+        try:
+            from airflow.sdk.execution_time.secrets_masker import (  # type: ignore[no-redef,unused-ignore]
+                mask_secret as mask,
+            )
+        except ImportError:
+            return
+    try:
+        mask(value)
+    except Exception:  # masking is best effort outside a task (e.g. a bare script)
+        return
+
+
+def get_connection(conn_id: str) -> Connection:
+    """Look a connection up synchronously (workers, the API server's Test button)."""
+    return BaseHook.get_connection(conn_id)
+
+
+async def aget_connection(conn_id: str) -> Connection:
+    """Look a connection up without blocking the triggerer's event loop."""
+    aget: Callable[[str], Awaitable[Any]] | None = getattr(BaseHook, "aget_connection", None)
+    if aget is not None:  # Airflow 3.1+
+        return await aget(conn_id)
+    from asgiref.sync import sync_to_async  # Airflow 3.0: run the sync lookup in a thread
+
+    return await sync_to_async(BaseHook.get_connection)(conn_id)
+
+
+def trigger_supports_on_kill() -> bool:
+    """Airflow 3.3 calls ``BaseTrigger.on_kill`` when a deferred task is marked failed or cleared."""
+    from airflow.triggers.base import BaseTrigger
+
+    return hasattr(BaseTrigger, "on_kill")
+
+
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "BaseHook",
+    "BaseOperator",
+    "BaseSensorOperator",
+    "aget_connection",
+    "conf_getboolean",
+    "default_deferrable",
+    "get_connection",
+    "mask_secret",
+    "trigger_supports_on_kill",
+]

@@ -1,0 +1,387 @@
+"""``KoreHook``: a ``kore`` connection, a keep-alive ``requests`` session, retries, and the four calls.
+
+URLs come from :data:`airflow_provider_kore.api.ENDPOINTS`, tokens from
+:class:`airflow_provider_kore.auth.JwtSigner`, and exceptions from
+:func:`airflow_provider_kore.api.parse_answer`; this module only sends and retries.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cached_property
+from typing import Any
+
+import requests
+from requests.auth import AuthBase
+
+from airflow_provider_kore import api
+from airflow_provider_kore._compat import BaseHook, get_connection, mask_secret
+from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.exceptions import (
+    KoreApiError,
+    KoreAuthError,
+    KoreConfigurationError,
+    KoreConnectionError,
+    KoreError,
+    KoreNotFoundError,
+    redact,
+)
+from airflow_provider_kore.status import RUNNING_STATUSES
+
+log = logging.getLogger(__name__)
+
+#: A campaign id no one uses: the Test button reads its status to check the credentials.
+TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
+
+
+class KoreAuth(AuthBase):
+    """Puts a (cached) JWT in the ``auth`` header of each request."""
+
+    def __init__(self, signer: JwtSigner) -> None:
+        self.signer = signer
+        #: The token put on the latest request, so a 401 invalidates that one and no newer one.
+        self.last_token: str | None = None
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.last_token = self.signer.token()
+        request.headers["auth"] = self.last_token
+        return request
+
+
+class _OutcomeUnknown(Exception):
+    """A non-idempotent request was sent, but no answer came back: it may or may not have acted."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def _was_sent(exc: requests.exceptions.RequestException) -> bool:
+    """False when the request provably never reached the server (connect failed or timed out)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    seen: set[int] = set()
+    stack: list[Any] = [exc]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, (NewConnectionError, NameResolutionError)):
+            return False
+        if isinstance(item, BaseException):
+            stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
+    return True
+
+
+def _describe(exc: requests.exceptions.RequestException, sent: bool, timeout: float) -> str:
+    """A short, secret-free reason for a network failure (requests' own text embeds the whole URL)."""
+    if isinstance(exc, requests.exceptions.Timeout):
+        what = "no answer" if sent else "could not connect"
+        return f"{type(exc).__name__}: {what} within {timeout:g}s"
+    if not sent:
+        return f"{type(exc).__name__}: could not connect"
+    return f"{type(exc).__name__}: the connection was dropped before an answer came"
+
+
+class KoreHook(BaseHook):
+    """Calls Kore.ai's campaign API with a ``kore`` connection.
+
+    :param kore_conn_id: The ``kore`` connection: host = platform URL, login = Client ID,
+        password = Client Secret, extras ``account_id`` (required), ``stream_id``, ``iid``,
+        ``timeout``, ``max_retries``, ``jwt_algorithm``, ``jwt_per_request``, ``verify``,
+        ``max_requests_per_minute``, ``max_requests_per_hour``.
+    :param timeout: Seconds per request; overrides the connection's ``timeout`` extra.
+    :param max_retries: Retries of a failed request; overrides the connection's ``max_retries``.
+    """
+
+    conn_name_attr = "kore_conn_id"
+    default_conn_name = api.DEFAULT_CONN_ID
+    conn_type = "kore"
+    hook_name = "Kore.ai"
+
+    def __init__(
+        self,
+        kore_conn_id: str = default_conn_name,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.kore_conn_id = kore_conn_id
+        self._timeout_override = timeout
+        self._max_retries_override = max_retries
+        self._sleep = time.sleep
+
+    # -- connection form (Airflow 3.0 / 3.1; 3.2+ reads conn-fields from get_provider_info) --------
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extra fields as wtforms widgets, built from the provider info's ``conn-fields``."""
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, IntegerField, StringField
+
+        from airflow_provider_kore import get_provider_info
+
+        fields = get_provider_info()["connection-types"][0]["conn-fields"]
+        widgets: dict[str, Any] = {}
+        for name, spec in fields.items():
+            kinds = spec["schema"]["type"]
+            label = lazy_gettext(spec["label"])
+            if "boolean" in kinds:
+                widgets[name] = BooleanField(label, description=spec["description"])
+            elif "integer" in kinds:
+                widgets[name] = IntegerField(label, description=spec["description"], widget=BS3TextFieldWidget())
+            else:
+                secret = spec["schema"].get("format") == "password"
+                widget = BS3PasswordFieldWidget() if secret else BS3TextFieldWidget()
+                widgets[name] = StringField(label, description=spec["description"], widget=widget)
+        return widgets
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields, from the provider info's ``ui-field-behaviour``."""
+        from airflow_provider_kore import get_provider_info
+
+        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+        return {
+            "hidden_fields": behaviour["hidden-fields"],
+            "relabeling": behaviour["relabeling"],
+            "placeholders": behaviour["placeholders"],
+        }
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> api.KoreConnectionConfig:
+        """The connection, validated (raises :class:`KoreConfigurationError` naming a missing field)."""
+        config = api.KoreConnectionConfig.from_connection(get_connection(self.kore_conn_id))
+        mask_secret(config.client_secret)
+        return config
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout_override if self._timeout_override is not None else self.config.timeout
+
+    @property
+    def retry_policy(self) -> api.RetryPolicy:
+        retries = self._max_retries_override
+        return api.RetryPolicy(max_retries=self.config.max_retries if retries is None else retries)
+
+    @cached_property
+    def signer(self) -> JwtSigner:
+        config = self.config
+        return JwtSigner(
+            config.client_id,
+            config.client_secret,
+            algorithm=config.jwt_algorithm,
+            per_request=config.jwt_per_request,
+        )
+
+    @cached_property
+    def _auth(self) -> KoreAuth:
+        return KoreAuth(self.signer)
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One keep-alive session per hook."""
+        session = requests.Session()
+        session.auth = self._auth
+        session.verify = self.config.verify
+        session.headers["User-Agent"] = "airflow-provider-kore"
+        return session
+
+    def close(self) -> None:
+        """Close the session's pooled connections."""
+        if "session" in self.__dict__:
+            self.session.close()
+
+    # -- the four operations ------------------------------------------------------------------
+
+    def get_campaign_status(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
+        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``)."""
+        return self._call("get_campaign_status", campaign_id, stream_id=stream_id)["data"]
+
+    def get_campaign(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
+        """The campaign's full definition: the ``data`` object."""
+        return self._call("get_campaign", campaign_id, stream_id=stream_id)["data"]
+
+    def start_campaign(
+        self, campaign_id: str, campaign_type: str = "sms", stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Start (``trigger=play``) a campaign; returns Kore's answer (``status``, ``message``, ``updatedAt``).
+
+        A start whose answer never came (read timeout, dropped connection, gateway 5xx) is not
+        sent again blindly: the campaign's status is read first, and the start is re-sent only
+        if the campaign is not running.
+        """
+        prepared = api.prepare(
+            self.config, "start_campaign", campaign_id, stream_id=stream_id, campaign_type=campaign_type
+        )
+        unknown_outcomes = 0
+        while True:
+            try:
+                return self._send(prepared)
+            except _OutcomeUnknown as unknown:
+                unknown_outcomes += 1
+                status = self.get_campaign_status(campaign_id, stream_id=stream_id).get("status", "")
+                if str(status).lower() in RUNNING_STATUSES:
+                    self.log.warning(
+                        "Start of Kore.ai campaign %s got no answer (%s), but the campaign is %s: not sending it again",
+                        prepared.campaign_id,
+                        unknown.cause,
+                        status,
+                    )
+                    return {
+                        "status": status,
+                        "message": "Campaign started (confirmed by a status read after an unanswered start)",
+                        "updatedAt": None,
+                    }
+                if unknown_outcomes > self.retry_policy.max_retries:
+                    raise KoreConnectionError(
+                        f"Kore.ai start campaign for campaign {prepared.campaign_id!r} got no answer "
+                        f"{unknown_outcomes} times ({unknown.cause}); the campaign is {status!r}",
+                        operation=prepared.operation,
+                        campaign_id=prepared.campaign_id,
+                    ) from None
+                self.log.warning(
+                    "Start of Kore.ai campaign %s got no answer (%s) and the campaign is %s: sending it again",
+                    prepared.campaign_id,
+                    unknown.cause,
+                    status,
+                )
+
+    def stop_campaign(
+        self, campaign_id: str, campaign_type: str = "voice", stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...)."""
+        return self._call("stop_campaign", campaign_id, stream_id=stream_id, campaign_type=campaign_type)
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap authenticated call (a status read), as the UI's Test button runs it.
+
+        A 404 for the probe campaign still proves the credentials: Kore checked the token first.
+        """
+        try:
+            config = self.config
+            prepared = api.prepare(config, "get_campaign_status", TEST_CONNECTION_CAMPAIGN_ID)
+            self._send(prepared, retry_policy=api.RetryPolicy(max_retries=1), timeout=min(self.timeout, 15.0))
+        except KoreNotFoundError:
+            pass
+        except KoreAuthError as err:
+            return False, f"Kore.ai rejected the credentials (HTTP {err.http_status}): {err.kore_message or err}"
+        except KoreError as err:
+            return False, str(err)
+        except Exception as err:  # the Test button must answer, whatever went wrong
+            return False, redact(f"{type(err).__name__}: {err}", self._secret_or_none())
+        return True, f"Connected to Kore.ai at {config.base_url}: credentials accepted for account {config.account_id}"
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def _call(
+        self,
+        operation: str,
+        campaign_id: str,
+        *,
+        stream_id: str | None = None,
+        campaign_type: str | None = None,
+    ) -> dict[str, Any]:
+        prepared = api.prepare(self.config, operation, campaign_id, stream_id=stream_id, campaign_type=campaign_type)
+        return self._send(prepared)
+
+    def _secret_or_none(self) -> str | None:
+        try:
+            return self.config.client_secret
+        except KoreConfigurationError:
+            return None
+
+    def _send(
+        self,
+        prepared: api.PreparedCall,
+        *,
+        retry_policy: api.RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Send with retries; raise :class:`_OutcomeUnknown` for an unanswered non-idempotent call."""
+        policy = retry_policy or self.retry_policy
+        timeout = timeout or self.timeout
+        secrets = (self.config.client_secret,)
+        retries = 0
+        refreshed_token = False
+        while True:
+            try:
+                response = self.session.request(
+                    prepared.method,
+                    prepared.url,
+                    headers=prepared.headers,
+                    data=prepared.body,
+                    timeout=(timeout, timeout),
+                )
+            except requests.exceptions.RequestException as exc:
+                sent = _was_sent(exc)
+                cause = _describe(exc, sent, timeout)
+                if sent and not prepared.endpoint.idempotent:
+                    raise _OutcomeUnknown(cause) from None
+                if retries >= policy.max_retries:
+                    raise KoreConnectionError(
+                        f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r} failed "
+                        f"after {retries + 1} attempts at {self.config.base_url}: {cause}",
+                        operation=prepared.operation,
+                        campaign_id=prepared.campaign_id,
+                    ) from None
+                retries += 1
+                delay = policy.delay(retries)
+                self.log.warning(
+                    "Kore.ai %s for campaign %s: %s; retry %d/%d in %.1fs",
+                    prepared.endpoint.label,
+                    prepared.campaign_id,
+                    cause,
+                    retries,
+                    policy.max_retries,
+                    delay,
+                )
+                self._sleep(delay)
+                continue
+
+            status = response.status_code
+            if status == 401 and not refreshed_token:
+                # A token can be refused early (clock skew, a rotated secret): sign a new one, once.
+                refreshed_token = True
+                self.signer.invalidate(self._auth.last_token)
+                self.log.info(
+                    "Kore.ai answered 401 to %s; signing a new token and retrying once", prepared.endpoint.label
+                )
+                continue
+            if policy.should_retry(status, retries):
+                if not prepared.endpoint.idempotent and status not in api.REFUSED_STATUS:
+                    raise _OutcomeUnknown(f"HTTP {status}")
+                retries += 1
+                retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
+                delay = policy.delay(retries, retry_after)
+                self.log.warning(
+                    "Kore.ai %s for campaign %s: HTTP %d; retry %d/%d in %.1fs",
+                    prepared.endpoint.label,
+                    prepared.campaign_id,
+                    status,
+                    retries,
+                    policy.max_retries,
+                    delay,
+                )
+                self._sleep(delay)
+                continue
+            return api.parse_answer(
+                prepared,
+                status,
+                response.content,
+                retry_after=response.headers.get("Retry-After"),
+                secrets=secrets,
+            )
+
+
+__all__ = ["KoreApiError", "KoreAuth", "KoreHook"]

@@ -1,0 +1,451 @@
+"""KoreHook against requests-mock: exact requests, auth, retries, error mapping, secrets."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jwt
+import pytest
+import requests
+
+from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.exceptions import (
+    KoreApiError,
+    KoreAuthError,
+    KoreBadResponseError,
+    KoreConfigurationError,
+    KoreConnectionError,
+    KoreNotFoundError,
+    KoreRateLimitError,
+    KoreServerError,
+)
+from airflow_provider_kore.hooks.kore import KoreHook
+
+SECRET = "hook-test-client-secret-0123456789abcdef"
+BASE = "https://kore.test"
+STATUS_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1/status?accountId=acc-1&view=status"
+CAMPAIGN_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1?accountId=acc-1"
+START_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1?campaignType=sms&trigger=play"
+STOP_URL = f"{BASE}/api/v2/public/st-1/campaign/trigger/cd-1?accountId=acc-1&campaignType=voice&trigger=stop"
+STATUS_BODY = {"status": "success", "data": {"id": "cd-1", "status": "Active", "name": "Welcome"}}
+START_BODY = {"status": "Active", "message": "Campaign Started", "updatedAt": "2025-12-05T12:05:23.765Z"}
+STOP_BODY = {
+    "status": "Stopped",
+    "message": "Campaign Stopped",
+    "updatedAt": "2025-12-05T12:01:35.312Z",
+    "campaignInstanceId": "cid-1",
+}
+
+
+def set_conn(monkeypatch, conn_id="kore_default", **extra):
+    extras = {"account_id": "acc-1", "stream_id": "st-1", "max_retries": 3}
+    extras.update(extra)
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{conn_id.upper()}",
+        json.dumps({"conn_type": "kore", "host": BASE, "login": "cs-app-1", "password": SECRET, "extra": extras}),
+    )
+
+
+@pytest.fixture
+def hook(monkeypatch):
+    set_conn(monkeypatch)
+    h = KoreHook()
+    h.sleeps = []
+    h._sleep = h.sleeps.append  # record backoff instead of sleeping
+    return h
+
+
+def claims(request):
+    return jwt.decode(request.headers["auth"], SECRET, algorithms=["HS256"])
+
+
+# -- exact requests -------------------------------------------------------------------------------
+
+
+def test_get_campaign_status_sends_the_documented_request(hook, requests_mock):
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    assert hook.get_campaign_status("cd-1") == STATUS_BODY["data"]
+    (req,) = requests_mock.request_history
+    assert req.method == "POST"
+    assert req.url == STATUS_URL
+    assert req.headers["iid"] == "st-1"
+    assert req.headers["accountId"] == "acc-1"
+    assert req.headers["Content-Type"] == "application/json"
+    assert req.body == b"{}"
+    token = claims(req)
+    assert token["appId"] == "cs-app-1"
+    assert token["exp"] > token["iat"]
+    assert token["jti"]
+
+
+def test_get_campaign_is_a_get_without_body(hook, requests_mock):
+    body = {"status": "success", "message": "ok", "data": {"_id": "cd-1", "status": "Ready"}}
+    requests_mock.get(CAMPAIGN_URL, json=body)
+    assert hook.get_campaign("cd-1") == body["data"]
+    (req,) = requests_mock.request_history
+    assert req.method == "GET"
+    assert req.body is None
+    assert "Content-Type" not in req.headers
+    claims(req)
+
+
+def test_start_campaign_has_no_account_query_but_the_header(hook, requests_mock):
+    requests_mock.post(START_URL, json=START_BODY)
+    assert hook.start_campaign("cd-1") == START_BODY
+    (req,) = requests_mock.request_history
+    assert req.url == START_URL
+    assert req.headers["accountId"] == "acc-1"
+    assert req.body == b"{}"
+
+
+def test_stop_campaign_uses_the_stop_pages_path(hook, requests_mock):
+    requests_mock.post(STOP_URL, json=STOP_BODY)
+    assert hook.stop_campaign("cd-1") == STOP_BODY
+    assert requests_mock.request_history[0].url == STOP_URL
+
+
+def test_other_channel_combinations(hook, requests_mock):
+    requests_mock.post(START_URL.replace("=sms", "=voice"), json=START_BODY)
+    requests_mock.post(STOP_URL.replace("=voice", "=sms"), json=STOP_BODY)
+    hook.start_campaign("cd-1", campaign_type="voice")
+    hook.stop_campaign("cd-1", campaign_type="sms")
+    assert [r.qs["campaigntype"] for r in requests_mock.request_history] == [["voice"], ["sms"]]
+
+
+def test_stream_override(hook, requests_mock):
+    url = STATUS_URL.replace("/st-1/", "/st-2/")
+    requests_mock.post(url, json=STATUS_BODY)
+    hook.get_campaign_status("cd-1", stream_id="st-2")
+    assert requests_mock.request_history[0].headers["iid"] == "st-2"
+
+
+def test_every_request_has_a_timeout(hook, requests_mock, monkeypatch):
+    seen = []
+    real = requests.Session.request
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("timeout"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(requests.Session, "request", spy)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    requests_mock.get(CAMPAIGN_URL, json={"status": "success", "data": {}})
+    requests_mock.post(START_URL, json=START_BODY)
+    requests_mock.post(STOP_URL, json=STOP_BODY)
+    hook.get_campaign_status("cd-1")
+    hook.get_campaign("cd-1")
+    hook.start_campaign("cd-1")
+    hook.stop_campaign("cd-1")
+    assert seen == [(30.0, 30.0)] * 4
+
+
+def test_timeout_extra_and_override(monkeypatch, requests_mock):
+    set_conn(monkeypatch, timeout=4)
+    assert KoreHook().timeout == 4
+    assert KoreHook(timeout=9).timeout == 9
+
+
+# -- bad input is refused before any request -----------------------------------------------------
+
+
+@pytest.mark.parametrize("campaign_id", ["", " ", "a/b", "a?b", "a#b", "a%b", "a b", "..", "x" * 500, 7, None])
+def test_bad_ids_send_nothing(hook, requests_mock, campaign_id):
+    with pytest.raises(KoreConfigurationError, match="campaign_id"):
+        hook.get_campaign_status(campaign_id)
+    with pytest.raises(KoreConfigurationError):
+        hook.start_campaign(campaign_id)
+    assert requests_mock.call_count == 0
+
+
+def test_unknown_campaign_type_sends_nothing(hook, requests_mock):
+    with pytest.raises(KoreConfigurationError, match="campaign_type"):
+        hook.start_campaign("cd-1", campaign_type="email")
+    with pytest.raises(KoreConfigurationError, match="campaign_type"):
+        hook.stop_campaign("cd-1", campaign_type="fax")
+    assert requests_mock.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("conn", "field"),
+    [
+        ({"conn_type": "kore", "login": "c", "password": "p", "extra": {"account_id": "a"}}, "host"),
+        ({"conn_type": "kore", "host": BASE, "password": "p", "extra": {"account_id": "a"}}, "Client ID"),
+        ({"conn_type": "kore", "host": BASE, "login": "c", "extra": {"account_id": "a"}}, "Client Secret"),
+        ({"conn_type": "kore", "host": BASE, "login": "c", "password": "p", "extra": {}}, "account_id"),
+        ({"conn_type": "kore", "host": BASE, "login": "c", "password": "p", "extra": {"account_id": "a"}}, "stream_id"),
+    ],
+)
+def test_incomplete_connection_sends_nothing(monkeypatch, requests_mock, conn, field):
+    monkeypatch.setenv("AIRFLOW_CONN_KORE_BAD", json.dumps(conn))
+    with pytest.raises(KoreConfigurationError, match=field):
+        KoreHook("kore_bad").get_campaign_status("cd-1")
+    assert requests_mock.call_count == 0
+
+
+def test_connection_from_a_uri(monkeypatch, requests_mock):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KORE_URI",
+        "kore://cs-app-1:" + SECRET + "@127.0.0.1:8765/http?account_id=acc-1&stream_id=st-1",
+    )
+    hook = KoreHook("kore_uri")
+    assert hook.config.base_url == "http://127.0.0.1:8765"
+    requests_mock.post(STATUS_URL.replace(BASE, "http://127.0.0.1:8765"), json=STATUS_BODY)
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def test_one_token_is_reused_across_requests(hook, requests_mock):
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    for _ in range(5):
+        hook.get_campaign_status("cd-1")
+    assert len({r.headers["auth"] for r in requests_mock.request_history}) == 1
+    assert hook.signer.signed == 1
+
+
+def test_token_is_refreshed_before_expiry():
+    now = [1_000_000.0]
+    signer = JwtSigner("cs", SECRET, clock=lambda: now[0], lifetime=300)
+    first = signer.token()
+    now[0] += 200
+    assert signer.token() == first
+    now[0] += 50  # 250 s in: inside the refresh margin
+    second = signer.token()
+    assert second != first
+    assert jwt.decode(second, SECRET, algorithms=["HS256"], options={"verify_exp": False})["iat"] == 1_000_250
+
+
+def test_hs512(monkeypatch, requests_mock):
+    set_conn(monkeypatch, jwt_algorithm="HS512")
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    KoreHook().get_campaign_status("cd-1")
+    token = requests_mock.request_history[0].headers["auth"]
+    assert jwt.get_unverified_header(token)["alg"] == "HS512"
+    jwt.decode(token, SECRET, algorithms=["HS512"])
+
+
+def test_jwt_per_request_signs_a_fresh_jti_each_time(monkeypatch, requests_mock):
+    set_conn(monkeypatch, jwt_per_request=True)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    hook = KoreHook()
+    for _ in range(3):
+        hook.get_campaign_status("cd-1")
+    jtis = [claims(r)["jti"] for r in requests_mock.request_history]
+    assert len(set(jtis)) == 3
+    assert hook.signer.signed == 3
+
+
+def test_401_re_signs_once_and_retries(hook, requests_mock):
+    requests_mock.post(STATUS_URL, [{"status_code": 401, "json": {"errors": [{"msg": "expired"}]}}, {"json": STATUS_BODY}])
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    first, second = requests_mock.request_history
+    assert claims(first)["jti"] != claims(second)["jti"]
+    assert hook.signer.signed == 2
+
+
+def test_401_twice_is_an_auth_error(hook, requests_mock):
+    requests_mock.post(STATUS_URL, status_code=401, json={"errors": [{"msg": "Invalid token", "code": 401}]})
+    with pytest.raises(KoreAuthError, match="Invalid token"):
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 2
+
+
+# -- retries ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
+def test_retryable_statuses_are_retried_with_backoff(hook, requests_mock, code):
+    requests_mock.post(STATUS_URL, [{"status_code": code, "text": "busy"}] * 2 + [{"json": STATUS_BODY}])
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert requests_mock.call_count == 3
+    assert len(hook.sleeps) == 2
+    assert hook.sleeps[0] <= 1.0 <= hook.sleeps[1] * 2  # exponential: the ceiling doubles
+
+
+@pytest.mark.parametrize("code", [400, 403, 404, 409, 422])
+def test_other_4xx_are_never_retried(hook, requests_mock, code):
+    requests_mock.post(STATUS_URL, status_code=code, json={"errors": [{"msg": "no"}]})
+    with pytest.raises(KoreApiError):
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 1
+    assert hook.sleeps == []
+
+
+def test_retry_after_is_honoured(hook, requests_mock):
+    requests_mock.post(
+        STATUS_URL, [{"status_code": 429, "headers": {"Retry-After": "17"}, "json": {}}, {"json": STATUS_BODY}]
+    )
+    hook.get_campaign_status("cd-1")
+    assert hook.sleeps and hook.sleeps[0] >= 17
+
+
+def test_huge_retry_after_is_capped(hook, requests_mock):
+    requests_mock.post(
+        STATUS_URL, [{"status_code": 503, "headers": {"Retry-After": "86400"}, "json": {}}, {"json": STATUS_BODY}]
+    )
+    hook.get_campaign_status("cd-1")
+    assert hook.sleeps == [120.0]
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"), [(429, KoreRateLimitError), (500, KoreServerError), (503, KoreServerError)]
+)
+def test_retries_are_bounded_by_max_retries(hook, requests_mock, code, cls):
+    requests_mock.post(STATUS_URL, status_code=code, json={"errors": [{"msg": "still busy"}]})
+    with pytest.raises(cls, match="still busy"):
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 4  # max_retries=3 in the connection
+    assert len(hook.sleeps) == 3
+
+
+def test_connection_errors_are_retried_then_raised(hook, requests_mock):
+    requests_mock.post(STATUS_URL, exc=requests.exceptions.ConnectTimeout)
+    with pytest.raises(KoreConnectionError) as err:
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 4
+    assert "get campaign status" in str(err.value)
+    assert "'cd-1'" in str(err.value)
+
+
+def test_read_timeout_on_a_read_is_retried(hook, requests_mock):
+    requests_mock.post(STATUS_URL, [{"exc": requests.exceptions.ReadTimeout}, {"json": STATUS_BODY}])
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+
+
+def test_max_retries_override(monkeypatch, requests_mock):
+    set_conn(monkeypatch)
+    hook = KoreHook(max_retries=0)
+    hook._sleep = lambda s: None
+    requests_mock.post(STATUS_URL, status_code=503, json={})
+    with pytest.raises(KoreServerError):
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 1
+
+
+# -- a start whose outcome is unknown --------------------------------------------------------------
+
+
+def test_unanswered_start_of_a_campaign_that_started_is_not_resent(hook, requests_mock):
+    requests_mock.post(START_URL, exc=requests.exceptions.ReadTimeout)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)  # Active
+    result = hook.start_campaign("cd-1")
+    assert result["status"] == "Active"
+    starts = [r for r in requests_mock.request_history if "trigger=play" in r.url]
+    assert len(starts) == 1
+
+
+def test_unanswered_start_of_a_campaign_still_ready_is_resent(hook, requests_mock):
+    requests_mock.post(START_URL, [{"exc": requests.exceptions.ConnectionError("reset")}, {"json": START_BODY}])
+    ready = {"status": "success", "data": {"id": "cd-1", "status": "Ready", "name": "n"}}
+    requests_mock.post(STATUS_URL, json=ready)
+    assert hook.start_campaign("cd-1") == START_BODY
+    kinds = ["status" if "/status" in r.url else "start" for r in requests_mock.request_history]
+    assert kinds == ["start", "status", "start"]
+
+
+@pytest.mark.parametrize("code", [500, 502, 504])
+def test_gateway_error_on_start_reads_status_before_resending(hook, requests_mock, code):
+    requests_mock.post(START_URL, status_code=code, text="gateway")
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)  # it did start
+    assert hook.start_campaign("cd-1")["status"] == "Active"
+    assert sum("trigger=play" in r.url for r in requests_mock.request_history) == 1
+
+
+def test_refused_start_is_retried_directly(hook, requests_mock):
+    requests_mock.post(START_URL, [{"status_code": 429, "json": {}}, {"status_code": 503, "json": {}}, {"json": START_BODY}])
+    assert hook.start_campaign("cd-1") == START_BODY
+    assert all("trigger=play" in r.url for r in requests_mock.request_history)
+
+
+def test_start_that_never_connects_is_retried_without_a_status_read(hook, requests_mock):
+    requests_mock.post(START_URL, [{"exc": requests.exceptions.ConnectTimeout}, {"json": START_BODY}])
+    assert hook.start_campaign("cd-1") == START_BODY
+    assert all("trigger=play" in r.url for r in requests_mock.request_history)
+
+
+def test_start_that_never_gets_an_answer_gives_up(hook, requests_mock):
+    requests_mock.post(START_URL, exc=requests.exceptions.ReadTimeout)
+    ready = {"status": "success", "data": {"id": "cd-1", "status": "Ready", "name": "n"}}
+    requests_mock.post(STATUS_URL, json=ready)
+    with pytest.raises(KoreConnectionError, match="got no answer"):
+        hook.start_campaign("cd-1")
+    assert sum("trigger=play" in r.url for r in requests_mock.request_history) == 4
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def test_not_found(hook, requests_mock):
+    requests_mock.post(STATUS_URL, status_code=404, json={"errors": [{"msg": "Campaign not found", "code": 404}]})
+    with pytest.raises(KoreNotFoundError, match="Campaign not found"):
+        hook.get_campaign_status("cd-1")
+
+
+def test_non_json_answer_is_a_clear_error(hook, requests_mock):
+    requests_mock.post(STATUS_URL, text="<html>maintenance</html>", headers={"Content-Type": "text/html"})
+    with pytest.raises(KoreBadResponseError, match="non-JSON"):
+        hook.get_campaign_status("cd-1")
+
+
+def test_status_failure_in_a_200_is_an_error(hook, requests_mock):
+    requests_mock.post(STATUS_URL, json={"status": "failure", "errors": [{"msg": "Invalid stream"}]})
+    with pytest.raises(KoreApiError, match="Invalid stream"):
+        hook.get_campaign_status("cd-1")
+
+
+# -- test_connection --------------------------------------------------------------------------------
+
+
+def probe_url():
+    return STATUS_URL.replace("cd-1", "cd-airflow-connection-test")
+
+
+def test_test_connection_ok_on_404_for_the_probe(hook, requests_mock):
+    requests_mock.post(probe_url(), status_code=404, json={"errors": [{"msg": "Campaign not found"}]})
+    ok, message = hook.test_connection()
+    assert ok, message
+    assert "acc-1" in message
+
+
+def test_test_connection_reports_a_bad_secret(hook, requests_mock):
+    requests_mock.post(probe_url(), status_code=401, json={"errors": [{"msg": "Invalid token"}]})
+    ok, message = hook.test_connection()
+    assert not ok
+    assert "rejected the credentials" in message
+    assert SECRET not in message
+
+
+def test_test_connection_reports_an_unreachable_host(hook, requests_mock):
+    requests_mock.post(probe_url(), exc=requests.exceptions.ConnectionError("refused"))
+    ok, message = hook.test_connection()
+    assert not ok
+    assert "kore.test" in message
+
+
+def test_test_connection_reports_a_broken_connection(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_KORE_DEFAULT", json.dumps({"conn_type": "kore", "host": BASE}))
+    ok, message = KoreHook().test_connection()
+    assert not ok
+    assert "Client ID" in message
+
+
+# -- secrets never leak ----------------------------------------------------------------------------
+
+
+def test_no_secret_or_token_in_logs_or_exceptions(hook, requests_mock, caplog):
+    caplog.set_level(logging.DEBUG)
+    requests_mock.post(STATUS_URL, status_code=503, text=f"echo {SECRET}")
+    requests_mock.post(START_URL, exc=requests.exceptions.ReadTimeout)
+    errors = []
+    for call in (lambda: hook.get_campaign_status("cd-1"), lambda: hook.start_campaign("cd-1")):
+        with pytest.raises(Exception) as err:
+            call()
+        errors.append(f"{err.value!s} {err.value!r}")
+    tokens = {r.headers["auth"] for r in requests_mock.request_history}
+    assert tokens
+    text = caplog.text + " ".join(errors) + repr(hook.config) + repr(hook.signer)
+    assert SECRET not in text
+    for token in tokens:
+        assert token not in text
