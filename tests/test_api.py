@@ -52,7 +52,12 @@ def config(**extra):
             "POST",
             "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/cd-1/status?accountId=acc-1&view=status",
         ),
-        ("get_campaign", None, "GET", "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/cd-1?accountId=acc-1"),
+        (
+            "get_campaign",
+            None,
+            "GET",
+            "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/cd-1?accountId=acc-1",
+        ),
         (
             "start_campaign",
             "sms",
@@ -283,8 +288,11 @@ def test_error_answers_map_to_one_exception_each(code, cls):
 
 
 def test_transient_flags():
-    assert KoreRateLimitError.transient and KoreServerError.transient
-    assert not KoreAuthError.transient and not KoreNotFoundError.transient and not KoreApiError.transient
+    assert KoreRateLimitError.transient
+    assert KoreServerError.transient
+    assert not KoreAuthError.transient
+    assert not KoreNotFoundError.transient
+    assert not KoreApiError.transient
 
 
 def test_rate_limit_carries_retry_after():

@@ -238,7 +238,9 @@ def test_jwt_per_request_signs_a_fresh_jti_each_time(monkeypatch, requests_mock)
 
 
 def test_401_re_signs_once_and_retries(hook, requests_mock):
-    requests_mock.post(STATUS_URL, [{"status_code": 401, "json": {"errors": [{"msg": "expired"}]}}, {"json": STATUS_BODY}])
+    requests_mock.post(
+        STATUS_URL, [{"status_code": 401, "json": {"errors": [{"msg": "expired"}]}}, {"json": STATUS_BODY}]
+    )
     assert hook.get_campaign_status("cd-1")["status"] == "Active"
     first, second = requests_mock.request_history
     assert claims(first)["jti"] != claims(second)["jti"]
@@ -278,7 +280,8 @@ def test_retry_after_is_honoured(hook, requests_mock):
         STATUS_URL, [{"status_code": 429, "headers": {"Retry-After": "17"}, "json": {}}, {"json": STATUS_BODY}]
     )
     hook.get_campaign_status("cd-1")
-    assert hook.sleeps and hook.sleeps[0] >= 17
+    assert hook.sleeps
+    assert hook.sleeps[0] >= 17
 
 
 def test_huge_retry_after_is_capped(hook, requests_mock):
@@ -289,9 +292,7 @@ def test_huge_retry_after_is_capped(hook, requests_mock):
     assert hook.sleeps == [120.0]
 
 
-@pytest.mark.parametrize(
-    ("code", "cls"), [(429, KoreRateLimitError), (500, KoreServerError), (503, KoreServerError)]
-)
+@pytest.mark.parametrize(("code", "cls"), [(429, KoreRateLimitError), (500, KoreServerError), (503, KoreServerError)])
 def test_retries_are_bounded_by_max_retries(hook, requests_mock, code, cls):
     requests_mock.post(STATUS_URL, status_code=code, json={"errors": [{"msg": "still busy"}]})
     with pytest.raises(cls, match="still busy"):
@@ -354,7 +355,9 @@ def test_gateway_error_on_start_reads_status_before_resending(hook, requests_moc
 
 
 def test_refused_start_is_retried_directly(hook, requests_mock):
-    requests_mock.post(START_URL, [{"status_code": 429, "json": {}}, {"status_code": 503, "json": {}}, {"json": START_BODY}])
+    requests_mock.post(
+        START_URL, [{"status_code": 429, "json": {}}, {"status_code": 503, "json": {}}, {"json": START_BODY}]
+    )
     assert hook.start_campaign("cd-1") == START_BODY
     assert all("trigger=play" in r.url for r in requests_mock.request_history)
 
