@@ -21,6 +21,23 @@ try:  # Airflow 3.1+
 except ImportError:  # Airflow 3.0
     from airflow.hooks.base import BaseHook  # type: ignore[no-redef,attr-defined,unused-ignore]
 
+# Each name on its own: the task runner catches the class where its release keeps it (3.3:
+# airflow.sdk.exceptions, and it warns on the old names; 3.0: airflow.exceptions).
+try:
+    from airflow.sdk.exceptions import AirflowSensorTimeout
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowSensorTimeout  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+try:
+    from airflow.sdk.exceptions import AirflowSkipException
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef,attr-defined,unused-ignore]
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined,unused-ignore]
+
 from airflow.sdk import BaseOperator, BaseSensorOperator
 
 if TYPE_CHECKING:
@@ -86,9 +103,12 @@ def trigger_supports_on_kill() -> bool:
 __all__ = [
     "AirflowException",
     "AirflowFailException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
     "BaseHook",
     "BaseOperator",
     "BaseSensorOperator",
+    "TaskDeferred",
     "aget_connection",
     "conf_getboolean",
     "default_deferrable",

@@ -11,7 +11,8 @@
     │   ├── KoreRateLimitError      429: over Kore's rate limit, after retries
     │   ├── KoreServerError         5xx, after retries
     │   └── KoreBadResponseError    an answer that is not the documented JSON
-    └── KoreCampaignStatusError     the campaign reached a status it must not (fails the task, no retry)
+    ├── KoreCampaignStatusError     the campaign reached a status it must not (fails the task, no retry)
+    └── KoreCampaignTimeoutError    a wait ran out of time (a sensor timeout: no retry, soft_fail skips)
 
 Messages name the operation, the campaign id, the HTTP status and Kore's own error text.
 They never carry a header, the client secret or a JWT: :func:`redact` is applied to every
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import re
 
-from airflow_provider_kore._compat import AirflowException, AirflowFailException
+from airflow_provider_kore._compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 
 # Compact JWS (header.payload.signature), base64url; Kore's errors could echo the token back.
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
@@ -124,11 +125,25 @@ class KoreCampaignStatusError(KoreError, AirflowFailException):
         self.status = status
 
 
+class KoreCampaignTimeoutError(KoreError, AirflowSensorTimeout):
+    """A wait for a campaign status ran out of time.
+
+    An ``AirflowSensorTimeout``: the task fails without retries (the time budget is spent), and a
+    sensor with ``soft_fail=True`` is skipped instead.
+    """
+
+    def __init__(self, message: str, *, campaign_id: str = "", status: str | None = None) -> None:
+        super().__init__(message)
+        self.campaign_id = campaign_id
+        self.status = status
+
+
 __all__ = [
     "KoreApiError",
     "KoreAuthError",
     "KoreBadResponseError",
     "KoreCampaignStatusError",
+    "KoreCampaignTimeoutError",
     "KoreConfigurationError",
     "KoreConnectionError",
     "KoreError",

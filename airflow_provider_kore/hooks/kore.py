@@ -122,26 +122,33 @@ class KoreHook(BaseHook):
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields as wtforms widgets, built from the provider info's ``conn-fields``."""
-        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
-        from flask_babel import lazy_gettext
-        from wtforms import BooleanField, IntegerField, StringField
+        """The extra fields as wtforms fields, built from the provider info's ``conn-fields``.
+
+        Only ``wtforms`` is needed: Airflow 3.0/3.1's API server swaps its field classes for
+        stand-ins and turns them into the React form's JSON schema; flask_appbuilder widgets and
+        flask_babel labels (Airflow 2's web server) are ignored there, and 3.0 does not install them.
+        """
+        from wtforms import BooleanField, IntegerField, PasswordField, StringField
+        from wtforms.validators import any_of
 
         from airflow_provider_kore import get_provider_info
 
         fields = get_provider_info()["connection-types"][0]["conn-fields"]
         widgets: dict[str, Any] = {}
         for name, spec in fields.items():
-            kinds = spec["schema"]["type"]
-            label = lazy_gettext(spec["label"])
+            schema = spec["schema"]
+            kinds = schema["type"]
+            # Airflow 3.0's form crashes on a null choice ("No value found for item"): list real ones.
+            choices = [choice for choice in schema.get("enum", []) if choice is not None]
+            validators = [any_of(choices)] if choices else []
+            field_class: Any = StringField
             if "boolean" in kinds:
-                widgets[name] = BooleanField(label, description=spec["description"])
+                field_class = BooleanField
             elif "integer" in kinds:
-                widgets[name] = IntegerField(label, description=spec["description"], widget=BS3TextFieldWidget())
-            else:
-                secret = spec["schema"].get("format") == "password"
-                widget = BS3PasswordFieldWidget() if secret else BS3TextFieldWidget()
-                widgets[name] = StringField(label, description=spec["description"], widget=widget)
+                field_class = IntegerField
+            elif schema.get("format") == "password":
+                field_class = PasswordField
+            widgets[name] = field_class(spec["label"], validators=validators, description=spec["description"])
         return widgets
 
     @classmethod
