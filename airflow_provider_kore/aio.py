@@ -1,0 +1,461 @@
+"""The async Kore.ai client the deferrable trigger polls with, shared per event loop and connection.
+
+A triggerer runs hundreds of triggers in one event loop. Each of them gets the same
+:class:`KoreAsyncClient` for its ``kore`` connection through :func:`shared_client`, so the
+whole loop holds one connection lookup, one ``aiohttp.ClientSession`` (one keep-alive pool)
+and one signed JWT per connection, and the session is closed when the last trigger using it
+lets go::
+
+    async with shared_client("kore_default") as client:
+        data = await client.get_campaign_status("cd-voice-renewal-0001")
+
+URLs and answers go through :mod:`airflow_provider_kore.api` exactly as in the sync hook;
+this module only sends and retries. ``aiohttp`` is imported on first use, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_kore import _compat, api
+from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.exceptions import KoreConfigurationError, KoreConnectionError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    import aiohttp
+
+log = logging.getLogger(__name__)
+
+#: Open connections per shared session: enough for a busy triggerer, far below Kore's limits.
+CONNECTION_LIMIT = 100
+#: A 401 after a fresh token re-reads the connection (the secret may have been rotated), at
+#: most this often, so a thousand triggers with a wrong secret cause one lookup, not a thousand.
+RELOAD_MIN_INTERVAL = 60.0
+#: Prepared requests kept per client; a triggerer waits on far fewer campaigns than this.
+_PREPARED_CACHE_SIZE = 10_000
+_USER_AGENT = "airflow-provider-kore"
+
+# SSL contexts built from a CA bundle path, once per process (loading a bundle costs ~25 ms).
+_ssl_contexts: dict[str, Any] = {}
+
+
+async def _sleep(seconds: float) -> None:
+    """Backoff between retries (a seam for tests)."""
+    await asyncio.sleep(seconds)
+
+
+class KoreAsyncClient:
+    """One ``kore`` connection in one event loop: config, ``aiohttp`` session, JWT signer, counters.
+
+    Get it from :func:`shared_client` rather than building it: the registry shares it between
+    every trigger of the loop and closes it when the last one is done.
+
+    :param kore_conn_id: The ``kore`` connection to read (once) and call Kore.ai with.
+    """
+
+    def __init__(self, kore_conn_id: str = api.DEFAULT_CONN_ID) -> None:
+        self.kore_conn_id = kore_conn_id
+        self._config: api.KoreConnectionConfig | None = None
+        self._signer: JwtSigner | None = None
+        self._policy = api.RetryPolicy()
+        self._session: aiohttp.ClientSession | None = None
+        self._proxy: Any = None
+        self._proxy_auth: Any = None
+        self._network_errors: tuple[type[BaseException], ...] = ()
+        self._prepared: dict[tuple[str, str, str | None, str | None], api.PreparedCall] = {}
+        self._open_task: asyncio.Task[None] | None = None
+        self._reload_task: asyncio.Task[bool] | None = None
+        self._reloaded_at = float("-inf")
+        self._users = 0
+        self._key: tuple[asyncio.AbstractEventLoop, str] | None = None
+        self.closed = False
+        #: Requests put on the wire (every attempt counts).
+        self.requests_sent = 0
+        #: Attempts repeated after a network failure or a retryable status.
+        self.retries = 0
+        #: ``429 Too Many Requests`` answers received.
+        self.rate_limited = 0
+        #: Tokens thrown away after a ``401`` and signed again.
+        self.auth_refreshes = 0
+        #: Connection lookups made (the first one, plus re-reads after a refused fresh token).
+        self.connection_lookups = 0
+
+    def __repr__(self) -> str:
+        return f"KoreAsyncClient(kore_conn_id={self.kore_conn_id!r}, users={self._users}, closed={self.closed})"
+
+    # -- state --------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> api.KoreConnectionConfig:
+        """The validated connection (available once the client is open)."""
+        if self._config is None:
+            raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
+        return self._config
+
+    @property
+    def signer(self) -> JwtSigner:
+        """The JWT signer every request of this client shares."""
+        if self._signer is None:
+            raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
+        return self._signer
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared ``aiohttp`` session (one keep-alive pool)."""
+        if self._session is None:
+            raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
+        return self._session
+
+    @property
+    def users(self) -> int:
+        """How many holders of :func:`shared_client` currently share this client."""
+        return self._users
+
+    # -- the operations -----------------------------------------------------------------------
+
+    async def get_campaign_status(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
+        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``)."""
+        answer = await self._call("get_campaign_status", campaign_id, stream_id, None)
+        data: dict[str, Any] = answer["data"]
+        return data
+
+    async def stop_campaign(
+        self, campaign_id: str, campaign_type: str = "voice", stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...)."""
+        return await self._call("stop_campaign", campaign_id, stream_id, campaign_type)
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    async def _ensure_open(self) -> None:
+        if self._session is not None:
+            return
+        if self._open_task is None:
+            # One task for every concurrent first user: one lookup, one session.
+            self._open_task = asyncio.get_running_loop().create_task(self._open())
+        # Shielded: one waiter being cancelled must not cancel the others' open.
+        await asyncio.shield(self._open_task)
+
+    async def _open(self) -> None:
+        try:
+            config = await self._lookup()
+            ssl, proxy, proxy_auth = await asyncio.to_thread(_environment_settings, config)
+            import aiohttp
+
+            self._set_config(config)
+            self._proxy, self._proxy_auth = proxy, proxy_auth
+            self._network_errors = (aiohttp.ClientError, asyncio.TimeoutError)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ssl=ssl),
+                timeout=aiohttp.ClientTimeout(total=config.timeout),
+                headers={"User-Agent": _USER_AGENT},
+                # Proxies are read once above; trust_env would read ~/.netrc on every request.
+                trust_env=False,
+            )
+        except BaseException:
+            # Later users start afresh (the connection may be fixed by then).
+            _forget(self)
+            raise
+
+    async def _lookup(self) -> api.KoreConnectionConfig:
+        self.connection_lookups += 1
+        config = api.KoreConnectionConfig.from_connection(await _compat.aget_connection(self.kore_conn_id))
+        _compat.mask_secret(config.client_secret)
+        return config
+
+    def _set_config(self, config: api.KoreConnectionConfig) -> None:
+        self._config = config
+        self._signer = JwtSigner(
+            config.client_id,
+            config.client_secret,
+            algorithm=config.jwt_algorithm,
+            per_request=config.jwt_per_request,
+        )
+        self._policy = api.RetryPolicy(max_retries=config.max_retries)
+        self._prepared.clear()
+
+    async def aclose(self) -> None:
+        """Close the session. :func:`shared_client` calls this when its last user is done."""
+        self.closed = True
+        for task in (self._open_task, self._reload_task):
+            if task is not None and not task.done():
+                task.cancel()
+            if task is not None:
+                # Retrieve the outcome so asyncio never logs "exception was never retrieved".
+                await asyncio.gather(task, return_exceptions=True)
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def _reload_credentials(self, used: api.KoreConnectionConfig) -> bool:
+        """Re-read the connection after a fresh token was refused; True if the credentials changed."""
+        if self._config is not used:  # another request already re-read it
+            return True
+        if self._reload_task is None or (
+            self._reload_task.done() and time.monotonic() - self._reloaded_at >= RELOAD_MIN_INTERVAL
+        ):
+            self._reloaded_at = time.monotonic()
+            self._reload_task = asyncio.get_running_loop().create_task(self._reload(used))
+        try:
+            await asyncio.shield(self._reload_task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # _reload logs its own failure
+            return False
+        return self._config is not used
+
+    async def _reload(self, used: api.KoreConnectionConfig) -> bool:
+        try:
+            config = await self._lookup()
+        except Exception as exc:
+            log.warning("Could not re-read connection %r after a refused token: %s", self.kore_conn_id, exc)
+            return False
+        if config == used:
+            return False
+        log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
+        self._set_config(config)
+        return True
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _prepare(
+        self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
+    ) -> api.PreparedCall:
+        key = (operation, campaign_id, stream_id, campaign_type)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = api.prepare(
+                self.config, operation, campaign_id, stream_id=stream_id, campaign_type=campaign_type
+            )
+            if len(self._prepared) >= _PREPARED_CACHE_SIZE:
+                self._prepared.clear()
+            self._prepared[key] = prepared
+        return prepared
+
+    async def _call(
+        self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
+    ) -> dict[str, Any]:
+        """Send with the hook's retry rules; return the parsed answer or raise a provider exception."""
+        config = self.config
+        prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
+        retries = 0
+        resigned = False
+        reloaded = False
+        while True:
+            session = self.session
+            signer = self.signer
+            token = signer.token()
+            self.requests_sent += 1
+            try:
+                async with session.request(
+                    prepared.method,
+                    prepared.url,
+                    headers={**prepared.headers, "auth": token},
+                    data=prepared.body,
+                    proxy=self._proxy,
+                    proxy_auth=self._proxy_auth,
+                ) as response:
+                    status = response.status
+                    body = await response.read()
+                    retry_after = response.headers.get("Retry-After")
+            except self._network_errors as exc:
+                cause = _describe(exc, config.timeout)
+                # Both async operations are idempotent; the guard keeps a future one honest.
+                if retries >= self._policy.max_retries or not prepared.endpoint.idempotent:
+                    raise KoreConnectionError(
+                        f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r} failed "
+                        f"after {retries + 1} attempts at {config.base_url}: {cause}",
+                        operation=prepared.operation,
+                        campaign_id=prepared.campaign_id,
+                    ) from None
+                retries += 1
+                await self._backoff(prepared, cause, retries, None)
+                continue
+
+            if status == 401:
+                if not resigned:
+                    # Clock skew or a token refused early: sign a new one, once. Only the token
+                    # this request used is dropped, so concurrent 401s cause one new signature.
+                    resigned = True
+                    self.auth_refreshes += 1
+                    signer.invalidate(token)
+                    log.info("Kore.ai answered 401 to %s; signing a new token", prepared.endpoint.label)
+                    continue
+                if not reloaded:
+                    reloaded = True
+                    if await self._reload_credentials(config):
+                        config = self.config
+                        prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
+                        resigned = False
+                        continue
+            if status == 429:
+                self.rate_limited += 1
+            if self._policy.should_retry(status, retries) and (
+                prepared.endpoint.idempotent or status in api.REFUSED_STATUS
+            ):
+                retries += 1
+                await self._backoff(prepared, f"HTTP {status}", retries, api.parse_retry_after(retry_after))
+                continue
+            return api.parse_answer(
+                prepared, status, body, retry_after=retry_after, secrets=(config.client_secret, token)
+            )
+
+    async def _backoff(self, prepared: api.PreparedCall, cause: str, retry: int, retry_after: float | None) -> None:
+        self.retries += 1
+        delay = self._policy.delay(retry, retry_after)
+        log.warning(
+            "Kore.ai %s for campaign %s: %s; retry %d/%d in %.1fs",
+            prepared.endpoint.label,
+            prepared.campaign_id,
+            cause,
+            retry,
+            self._policy.max_retries,
+            delay,
+        )
+        await _sleep(delay)
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    """A short, secret-free reason for a network failure (aiohttp's own text names host and URL)."""
+    import aiohttp
+
+    name = type(exc).__name__
+    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
+    if isinstance(exc, connect_timeout):
+        return f"{name}: could not connect within {timeout:g}s"
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"{name}: no complete answer within {timeout:g}s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"{name}: could not connect"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
+        return f"{name}: the connection was dropped before a complete answer came"
+    return name
+
+
+def _environment_settings(config: api.KoreConnectionConfig) -> tuple[Any, Any, Any]:
+    """TLS verification and proxy for the session (file reads: run in a thread, once per client)."""
+    import ssl
+
+    from aiohttp.helpers import get_env_proxy_for_url
+    from yarl import URL
+
+    verify: Any
+    if config.verify is False:
+        verify = False
+    elif config.verify is True:
+        verify = True  # aiohttp's default context, built once per process when aiohttp is imported
+    else:
+        verify = _ssl_contexts.get(config.verify)
+        if verify is None:
+            try:
+                verify = ssl.create_default_context(cafile=config.verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise KoreConfigurationError(
+                    f"connection extra verify names a CA bundle that cannot be loaded: {config.verify!r} "
+                    f"({type(exc).__name__})"
+                ) from None
+            _ssl_contexts[config.verify] = verify
+    # Proxies as requests finds them (HTTPS_PROXY, NO_PROXY, ...), so the triggerer and workers agree.
+    try:
+        proxy, proxy_auth = get_env_proxy_for_url(URL(config.base_url))
+    except LookupError:
+        proxy, proxy_auth = None, None
+    return verify, proxy, proxy_auth
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry: one client per (event loop, connection id).
+
+_registry: dict[tuple[asyncio.AbstractEventLoop, str], KoreAsyncClient] = {}
+
+
+def _forget(client: KoreAsyncClient) -> None:
+    if client._key is not None and _registry.get(client._key) is client:
+        del _registry[client._key]
+
+
+async def _acquire(kore_conn_id: str) -> KoreAsyncClient:
+    key = (asyncio.get_running_loop(), kore_conn_id)
+    client = _registry.get(key)
+    if client is None:
+        client = KoreAsyncClient(kore_conn_id)
+        client._key = key
+        _registry[key] = client
+    client._users += 1
+    try:
+        await client._ensure_open()
+    except BaseException:
+        await _release(client)
+        raise
+    return client
+
+
+async def _release(client: KoreAsyncClient) -> None:
+    client._users -= 1
+    if client._users > 0:
+        return
+    _forget(client)  # at once, so a new user from here on builds a fresh client
+    # Shielded so the close finishes even when the releasing trigger is being cancelled.
+    await asyncio.shield(client.aclose())
+
+
+class SharedClient:
+    """``async with shared_client(conn_id) as client``: hold the loop's shared client, then let go.
+
+    Leaving the block (normally, by an exception, or by cancellation) releases the hold; the
+    last holder closes the session. :meth:`release` may be called again safely.
+    """
+
+    def __init__(self, kore_conn_id: str = api.DEFAULT_CONN_ID) -> None:
+        self.kore_conn_id = kore_conn_id
+        self.client: KoreAsyncClient | None = None
+
+    async def __aenter__(self) -> KoreAsyncClient:
+        if self.client is not None:
+            raise RuntimeError("this SharedClient is already held; use a new shared_client(...)")
+        self.client = await _acquire(self.kore_conn_id)
+        return self.client
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.release()
+
+    async def release(self) -> None:
+        """Let go of the client (once; later calls do nothing)."""
+        client, self.client = self.client, None
+        if client is not None:
+            await _release(client)
+
+
+def shared_client(kore_conn_id: str = api.DEFAULT_CONN_ID) -> SharedClient:
+    """The running loop's :class:`KoreAsyncClient` for ``kore_conn_id``, as an async context manager."""
+    return SharedClient(kore_conn_id)
+
+
+def active_clients() -> list[KoreAsyncClient]:
+    """Clients currently registered, in every loop (for tests and benchmarks)."""
+    return list(_registry.values())
+
+
+def reset_shared_clients() -> None:
+    """Forget every registered client without closing it (tests: between event loops)."""
+    _registry.clear()
+
+
+__all__ = [
+    "CONNECTION_LIMIT",
+    "KoreAsyncClient",
+    "SharedClient",
+    "active_clients",
+    "reset_shared_clients",
+    "shared_client",
+]

@@ -1,0 +1,1 @@
+"""Deferrable triggers (run in the triggerer; imported only when a task defers)."""

@@ -1,0 +1,299 @@
+"""``KoreCampaignStatusTrigger``: wait in the triggerer for a Kore.ai campaign to reach a status.
+
+Polls through the event loop's shared :class:`~airflow_provider_kore.aio.KoreAsyncClient`, so
+a thousand waiting tasks cost one connection lookup, one HTTP session and one JWT. Fires exactly
+one :class:`TriggerEvent` whose payload is::
+
+    {
+        "status": "success" | "failure" | "timeout" | "error",
+        "campaign_id": str,
+        "campaign_status": str | None,  # the last status Kore reported
+        "data": dict | None,  # the last status ``data`` object Kore sent
+        "message": str,  # names the campaign and status; never a secret
+        "polls": int,  # status reads made by this run of the trigger
+        "elapsed": float,  # seconds this run of the trigger waited
+    }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_kore import api
+from airflow_provider_kore.aio import KoreAsyncClient, SharedClient, shared_client
+from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
+from airflow_provider_kore.status import StatusRule, is_known
+
+#: What ``serialize()`` names; the triggerer imports the class from it.
+CLASSPATH = "airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger"
+
+#: Payload ``status`` values.
+SUCCESS = "success"
+FAILURE = "failure"
+TIMEOUT = "timeout"
+ERROR = "error"
+EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
+
+
+async def _sleep(seconds: float) -> None:
+    """The wait between status reads (a seam for tests)."""
+    await asyncio.sleep(seconds)
+
+
+def _number(name: str, value: object, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise KoreConfigurationError(f"{name} must be a number of seconds; got {value!r}")
+    if positive and value <= 0:
+        raise KoreConfigurationError(f"{name} must be more than 0 seconds; got {value!r}")
+    return float(value)
+
+
+class KoreCampaignStatusTrigger(BaseTrigger):
+    """Polls a Kore.ai campaign's status until it reaches a target, a failure, or ``end_time``.
+
+    :param campaign_id: The campaign to watch (``cd-...``).
+    :param kore_conn_id: The ``kore`` connection.
+    :param target_statuses: Statuses that end the wait well (case-insensitive), e.g. ``["Completed"]``.
+    :param failure_statuses: Statuses that end it badly. Default ``["Failed"]`` (unless a target).
+        Any other terminal status that is not a target (``Stopped`` while waiting for
+        ``Completed``) also ends it badly, at once.
+    :param stream_id: The stream (bot) id; default: the connection's ``stream_id`` extra.
+    :param poll_interval: Seconds between status reads.
+    :param end_time: Epoch seconds (``time.time()``) after which the wait ends with a
+        ``timeout`` event; a last read is made at that moment. ``None`` waits without limit.
+    :param stop_on_kill: Stop the campaign when a user marks the deferred task failed or
+        success, or clears it (Airflow 3.3+ calls :meth:`on_kill` then; earlier versions never do).
+    :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
+    :param max_consecutive_errors: Transient failures (network, 5xx, 429 after the client's own
+        retries) tolerated in a row; one more ends the wait with an ``error`` event. A good
+        answer resets the count.
+    """
+
+    def __init__(
+        self,
+        campaign_id: str,
+        kore_conn_id: str = api.DEFAULT_CONN_ID,
+        target_statuses: str | list[str] | tuple[str, ...] = ("Completed",),
+        failure_statuses: str | list[str] | tuple[str, ...] | None = None,
+        stream_id: str | None = None,
+        poll_interval: float = 30.0,
+        end_time: float | None = None,
+        stop_on_kill: bool = False,
+        campaign_type: str = "voice",
+        max_consecutive_errors: int = 3,
+    ) -> None:
+        super().__init__()
+        self.campaign_id = api.validate_id("campaign_id", campaign_id)
+        if not isinstance(kore_conn_id, str) or not kore_conn_id.strip():
+            raise KoreConfigurationError(f"kore_conn_id must be a connection id; got {kore_conn_id!r}")
+        self.kore_conn_id = kore_conn_id
+        self.rule = StatusRule.build(target_statuses, failure_statuses)
+        #: Statuses that end the wait with ``success`` (validated, as given).
+        self.target_statuses = self.rule.target_statuses
+        #: Statuses that end it with ``failure`` (besides non-target terminal ones).
+        self.failure_statuses = self.rule.failure_statuses
+        self.stream_id = api.validate_id("stream_id", stream_id) if stream_id is not None else None
+        self.poll_interval = _number("poll_interval", poll_interval, positive=True)
+        self.end_time = _number("end_time", end_time, positive=False) if end_time is not None else None
+        self.stop_on_kill = bool(stop_on_kill)
+        self.campaign_type = api.validate_campaign_type(campaign_type)
+        if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int):
+            raise KoreConfigurationError(f"max_consecutive_errors must be an integer; got {max_consecutive_errors!r}")
+        if max_consecutive_errors < 0:
+            raise KoreConfigurationError(f"max_consecutive_errors must be 0 or more; got {max_consecutive_errors}")
+        self.max_consecutive_errors = max_consecutive_errors
+        self._lease: SharedClient | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        """The class path and plain-JSON kwargs the triggerer rebuilds this trigger from."""
+        return (
+            CLASSPATH,
+            {
+                "campaign_id": self.campaign_id,
+                "kore_conn_id": self.kore_conn_id,
+                "target_statuses": list(self.rule.target_statuses),
+                "failure_statuses": list(self.rule.failure_statuses),
+                "stream_id": self.stream_id,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "stop_on_kill": self.stop_on_kill,
+                "campaign_type": self.campaign_type,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        """Poll until the campaign's status decides the wait, then fire one event."""
+        # The shared client is released before the event is yielded: the triggerer may drop
+        # this generator right after the event without ever resuming it.
+        payload = await self._wait()
+        yield TriggerEvent(payload)
+
+    async def _wait(self) -> dict[str, Any]:
+        state = _Progress(self.campaign_id)
+        secret: str | None = None
+        self._lease = shared_client(self.kore_conn_id)
+        try:
+            async with self._lease as client:
+                secret = client.config.client_secret
+                return await self._poll(client, state)
+        except asyncio.CancelledError:
+            raise
+        except KoreError as exc:  # e.g. an incomplete connection: nothing to retry
+            return state.event(ERROR, _about(self.campaign_id, exc))
+        except Exception as exc:  # fail closed: an event the sensor reads as an error, never a hang
+            text = redact(f"{type(exc).__name__}: {exc}", secret)
+            if secret is None:  # the connection could not be looked up (e.g. it does not exist)
+                return state.event(
+                    ERROR,
+                    f"Kore.ai campaign {self.campaign_id!r}: cannot use connection {self.kore_conn_id!r}: {text}",
+                )
+            # The text is redacted; the traceback (which repeats the raw text) only at debug level.
+            self.log.error("Unexpected error while waiting on Kore.ai campaign %s: %s", self.campaign_id, text)
+            self.log.debug("Traceback of the unexpected error", exc_info=True)
+            return state.event(ERROR, f"Kore.ai campaign {self.campaign_id!r}: unexpected {text}")
+        finally:
+            self._lease = None
+
+    async def _poll(self, client: KoreAsyncClient, state: _Progress) -> dict[str, Any]:
+        campaign = self.campaign_id
+        errors = 0
+        last_error = ""
+        unknown_seen: set[str] = set()
+        last_read = False
+        while True:
+            state.polls += 1
+            try:
+                data = await client.get_campaign_status(campaign, stream_id=self.stream_id)
+            except KoreError as exc:
+                if not exc.transient:  # auth, not found, bad answer, configuration: polling cannot help
+                    return state.event(ERROR, _about(campaign, exc))
+                errors += 1
+                last_error = str(exc)
+                if errors > self.max_consecutive_errors:
+                    return state.event(
+                        ERROR,
+                        f"Kore.ai campaign {campaign!r}: {errors} status reads in a row failed; last: {last_error}",
+                    )
+                self.log.warning(
+                    "Kore.ai campaign %s: status read failed (%d in a row, %d tolerated): %s",
+                    campaign,
+                    errors,
+                    self.max_consecutive_errors,
+                    last_error,
+                )
+            else:
+                errors = 0
+                status = data["status"]
+                if status != state.status or state.polls == 1:
+                    self.log.info("Kore.ai campaign %s is %s (poll %d)", campaign, status, state.polls)
+                else:
+                    self.log.debug("Kore.ai campaign %s is still %s (poll %d)", campaign, status, state.polls)
+                state.status, state.data = status, data
+                verdict = self.rule.verdict(status)
+                if verdict == "success":
+                    return state.event(
+                        SUCCESS, f"Kore.ai campaign {campaign!r} reached {status!r} after {state.polls} poll(s)"
+                    )
+                if verdict == "failure":
+                    return state.event(FAILURE, self.rule.explain_failure(campaign, status))
+                if not is_known(status) and status.lower() not in unknown_seen:
+                    unknown_seen.add(status.lower())
+                    self.log.info(
+                        "Kore.ai campaign %s reports status %r, which this provider does not know; waiting for %s",
+                        campaign,
+                        status,
+                        ", ".join(self.rule.target_statuses),
+                    )
+
+            delay = self.poll_interval
+            if self.end_time is not None:
+                remaining = self.end_time - time.time()
+                if last_read or remaining <= 0:
+                    return state.event(TIMEOUT, self._timeout_message(state, last_error if errors else ""))
+                if remaining <= delay:  # the next read is the last one, made at end_time
+                    last_read = True
+                    delay = remaining
+            await _sleep(delay)
+
+    def _timeout_message(self, state: _Progress, last_error: str) -> str:
+        last = f"last status {state.status!r}" if state.status is not None else "no status read"
+        if last_error:
+            last += f"; last read failed: {last_error}"
+        return (
+            f"Kore.ai campaign {self.campaign_id!r} did not reach {', '.join(self.rule.target_statuses)} "
+            f"before the end time ({last}, {state.polls} poll(s))"
+        )
+
+    # -- leaving ------------------------------------------------------------------------------
+
+    async def cleanup(self) -> None:
+        """Release the shared client if a cancelled wait still holds it (normally a no-op)."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            await lease.release()
+
+    async def on_kill(self) -> None:
+        """With ``stop_on_kill``, stop the campaign (Airflow 3.3+: the user killed the deferred task).
+
+        Errors are logged, not raised: this is cleanup, and the task is already being ended.
+        """
+        if not self.stop_on_kill:
+            return
+        try:
+            async with shared_client(self.kore_conn_id) as client:
+                answer = await client.stop_campaign(
+                    self.campaign_id, campaign_type=self.campaign_type, stream_id=self.stream_id
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            text = str(exc) if isinstance(exc, KoreError) else redact(f"{type(exc).__name__}: {exc}")
+            self.log.warning("Could not stop Kore.ai campaign %s after the task was killed: %s", self.campaign_id, text)
+            return
+        self.log.info(
+            "Stopped Kore.ai campaign %s after the task was killed: %s",
+            self.campaign_id,
+            answer.get("message") or answer.get("status"),
+        )
+
+
+def _about(campaign_id: str, exc: KoreError) -> str:
+    """The error's message, naming the campaign if it does not already."""
+    text = str(exc)
+    return text if repr(campaign_id) in text else f"Kore.ai campaign {campaign_id!r}: {text}"
+
+
+class _Progress:
+    """What one run of the trigger has seen so far; turned into the event payload."""
+
+    __slots__ = ("campaign_id", "data", "polls", "started", "status")
+
+    def __init__(self, campaign_id: str) -> None:
+        self.campaign_id = campaign_id
+        self.started = time.monotonic()
+        self.polls = 0
+        self.status: str | None = None
+        self.data: dict[str, Any] | None = None
+
+    def event(self, outcome: str, message: str) -> dict[str, Any]:
+        """The one payload shape every event of this trigger has."""
+        return {
+            "status": outcome,
+            "campaign_id": self.campaign_id,
+            "campaign_status": self.status,
+            "data": self.data,
+            "message": message,
+            "polls": self.polls,
+            "elapsed": round(time.monotonic() - self.started, 3),
+        }
+
+
+__all__ = ["CLASSPATH", "EVENT_STATUSES", "KoreCampaignStatusTrigger"]

@@ -1,0 +1,483 @@
+"""The shared async client against the Kore.ai simulator: requests, retries, auth, sharing, closing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import subprocess
+import sys
+
+import jwt
+import pytest
+
+from airflow_provider_kore import _compat, aio, api
+from airflow_provider_kore.exceptions import (
+    KoreApiError,
+    KoreAuthError,
+    KoreBadResponseError,
+    KoreConfigurationError,
+    KoreConnectionError,
+    KoreNotFoundError,
+    KoreServerError,
+)
+from airflow_provider_kore.testing import KoreSimulator
+
+CONN_ID = "kore_test"
+SECRET = "aio-test-client-secret-0123456789abcdef"
+VOICE = "cd-voice-renewal-0001"
+SMS = "cd-sms-welcome-0001"
+
+
+def set_conn(monkeypatch, sim, conn_id=CONN_ID, password=None, **extra):
+    extras = {"max_retries": 2, **extra}
+    conn = json.loads(sim.airflow_conn_json(**extras))
+    if password is not None:
+        conn["password"] = password
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    with KoreSimulator(client_secret=SECRET) as simulator:
+        set_conn(monkeypatch, simulator)
+        yield simulator
+
+
+@pytest.fixture(autouse=True)
+def backoff(monkeypatch):
+    """Record retry delays instead of sleeping them."""
+    delays: list[float] = []
+
+    async def fake_sleep(seconds):
+        delays.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(aio, "_sleep", fake_sleep)
+    yield delays
+    aio.reset_shared_clients()
+
+
+@pytest.fixture
+def lookups(monkeypatch):
+    """Count connection lookups (each one also yields to the loop, as a real lookup would)."""
+    calls: list[str] = []
+    real = _compat.aget_connection
+
+    async def counting(conn_id):
+        calls.append(conn_id)
+        await asyncio.sleep(0.01)
+        return await real(conn_id)
+
+    monkeypatch.setattr(_compat, "aget_connection", counting)
+    return calls
+
+
+def call(coro_fn, conn_id=CONN_ID):
+    """Run ``coro_fn(client)`` in a fresh loop with the shared client; return (result, client)."""
+
+    async def main():
+        async with aio.shared_client(conn_id) as client:
+            return await coro_fn(client), client
+
+    return asyncio.run(main())
+
+
+def call_error(coro_fn, conn_id=CONN_ID):
+    holder = {}
+
+    async def main():
+        async with aio.shared_client(conn_id) as client:
+            holder["client"] = client
+            await coro_fn(client)
+
+    with pytest.raises(Exception) as info:
+        asyncio.run(main())
+    return info.value, holder["client"]
+
+
+# -- requests as documented -------------------------------------------------------------------
+
+
+def test_status_read_sends_the_documented_request(sim):
+    sim.set_status(VOICE, "Active")
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data == {"id": VOICE, "status": "Active", "name": "Policy Renewal Voice Campaign"}
+    (req,) = sim.requests
+    assert req.method == "POST"
+    assert req.path == f"/campaign/api/v2/public/{sim.stream_id}/campaign/{VOICE}/status"
+    assert req.query == {"accountId": sim.account_id, "view": "status"}
+    assert req.headers["iid"] == sim.stream_id
+    assert req.headers["accountid"] == sim.account_id
+    assert req.headers["content-type"] == "application/json"
+    assert req.body == "{}"
+    claims = jwt.decode(req.headers["auth"], sim.client_secret, algorithms=["HS256"])
+    assert claims["appId"] == sim.client_id
+    assert client.requests_sent == 1
+    assert client.retries == 0
+
+
+def test_stop_campaign_sends_the_stop_request_and_returns_the_answer(sim):
+    sim.set_status(VOICE, "Active")
+    answer, _ = call(lambda c: c.stop_campaign(VOICE))
+    assert answer["status"] == "Stopped"
+    assert answer["campaignInstanceId"]
+    (req,) = sim.requests
+    assert req.path == f"/api/v2/public/{sim.stream_id}/campaign/trigger/{VOICE}"
+    assert req.query == {"accountId": sim.account_id, "campaignType": "voice", "trigger": "stop"}
+    assert sim.status_of(VOICE) == "Stopped"
+
+
+def test_stream_id_argument_overrides_the_connection(sim):
+    error, _ = call_error(lambda c: c.get_campaign_status(VOICE, stream_id="st-other"))
+    assert isinstance(error, KoreNotFoundError)
+    assert sim.requests[0].path.startswith("/campaign/api/v2/public/st-other/")
+
+
+def test_prepared_requests_are_built_once_per_campaign(sim, monkeypatch):
+    built = []
+    real = api.prepare
+    monkeypatch.setattr(api, "prepare", lambda *a, **k: built.append(a[1:3]) or real(*a, **k))
+
+    async def three_reads(client):
+        for _ in range(3):
+            await client.get_campaign_status(VOICE)
+        await client.get_campaign_status(SMS)
+
+    call(three_reads)
+    assert built == [("get_campaign_status", VOICE), ("get_campaign_status", SMS)]
+
+
+def test_invalid_input_is_refused_before_sending(sim):
+    error, _ = call_error(lambda c: c.get_campaign_status("../etc"))
+    assert isinstance(error, KoreConfigurationError)
+    error, _ = call_error(lambda c: c.stop_campaign(VOICE, campaign_type="fax"))
+    assert isinstance(error, KoreConfigurationError)
+    assert len(sim.requests) == 0
+
+
+# -- errors and retries -----------------------------------------------------------------------
+
+
+def test_404_is_not_retried(sim):
+    error, client = call_error(lambda c: c.get_campaign_status("cd-unknown"))
+    assert isinstance(error, KoreNotFoundError)
+    assert "'cd-unknown'" in str(error)
+    assert "Campaign not found" in str(error)
+    assert client.requests_sent == 1
+
+
+def test_400_is_not_retried(sim):
+    error, client = call_error(lambda c: c.stop_campaign(VOICE))  # a Ready campaign cannot be stopped
+    assert type(error) is KoreApiError
+    assert error.http_status == 400
+    assert client.requests_sent == 1
+
+
+def test_5xx_is_retried_then_answered(sim, backoff):
+    sim.inject_fault("get_campaign_status", status=502)
+    sim.inject_fault("get_campaign_status", status=503)
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["status"] == "Ready"
+    assert client.requests_sent == 3
+    assert client.retries == 2
+    assert len(backoff) == 2
+
+
+def test_5xx_after_every_retry_raises_server_error(sim):
+    sim.inject_fault("get_campaign_status", status=500, times=None)
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreServerError)
+    assert error.transient
+    assert client.requests_sent == 3  # max_retries=2 from the connection
+
+
+def test_429_honours_retry_after(sim, backoff):
+    sim.inject_fault("get_campaign_status", status=429, retry_after=7)
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["id"] == VOICE
+    assert client.rate_limited == 1
+    assert client.retries == 1
+    assert backoff[0] >= 7
+
+
+def test_429_without_retry_after_backs_off(sim, backoff):
+    sim.inject_fault("get_campaign_status", status=429, times=2)
+    call(lambda c: c.get_campaign_status(VOICE))
+    assert len(backoff) == 2
+    assert all(delay > 0 for delay in backoff)
+
+
+def test_401_signs_a_new_token_once(sim):
+    sim.inject_fault("get_campaign_status", status=401)
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["id"] == VOICE
+    assert client.auth_refreshes == 1
+    assert client.signer.signed == 2
+    first, second = (r.headers["auth"] for r in sim.requests)
+    assert first != second
+    assert client.retries == 0
+
+
+def test_wrong_secret_fails_with_auth_error_after_one_resign_and_one_reread(sim, monkeypatch, lookups):
+    set_conn(monkeypatch, sim, password="wrong-secret-0123456789abcdef0123456789")
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreAuthError)
+    assert error.http_status == 401
+    assert not error.transient
+    assert client.requests_sent == 2
+    assert lookups == [CONN_ID, CONN_ID]  # the first read and one re-read
+    assert "wrong-secret-0123456789abcdef0123456789" not in str(error)
+
+
+def test_rotated_secret_is_picked_up_by_rereading_the_connection(sim, monkeypatch, lookups):
+    set_conn(monkeypatch, sim, password="old-secret-0123456789abcdef0123456789")
+
+    def rotate(record):
+        if record.status_code == 401:
+            set_conn(monkeypatch, sim)  # the new secret lands in the connection meanwhile
+
+    sim.on_request = rotate
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["id"] == VOICE
+    assert [r.status_code for r in sim.requests] == [401, 401, 200]
+    assert len(lookups) == 2
+    assert client.config.client_secret == sim.client_secret
+
+
+def test_non_json_answer_is_a_bad_response(sim):
+    sim.inject_fault("get_campaign_status", non_json=True)
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreBadResponseError)
+    assert "non-JSON" in str(error)
+    assert client.requests_sent == 1
+
+
+def test_read_timeout_is_retried_then_raises_connection_error(sim, monkeypatch):
+    set_conn(monkeypatch, sim, timeout=0.2, max_retries=1)
+    sim.inject_fault("get_campaign_status", delay=1.0, times=2)
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreConnectionError)
+    assert error.transient
+    message = str(error)
+    assert "get campaign status" in message
+    assert repr(VOICE) in message
+    assert "TimeoutError" in message
+    assert "after 2 attempts" in message
+    assert client.requests_sent == 2
+    assert client.retries == 1
+
+
+def test_refused_connection_raises_connection_error(monkeypatch, sim):
+    sim.stop()  # nothing listens on its port any more
+    set_conn(monkeypatch, sim, max_retries=1)
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreConnectionError)
+    assert "could not connect" in str(error)
+    assert client.requests_sent == 2
+
+
+def test_logs_and_errors_carry_no_secret_or_token(sim, caplog):
+    caplog.set_level(logging.DEBUG)
+    sim.inject_fault("get_campaign_status", status=401)
+    sim.inject_fault("get_campaign_status", status=503)
+    sim.inject_fault("get_campaign_status", status=404, body={"errors": [{"msg": f"bad {sim.client_secret}"}]})
+    error, _ = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreNotFoundError)
+    tokens = {r.headers["auth"] for r in sim.requests}
+    texts = [str(error)] + [record.getMessage() for record in caplog.records]
+    for text in texts:
+        assert sim.client_secret not in text
+        assert "eyJ" not in text
+        assert not any(token in text for token in tokens)
+    assert any("retry 1/2" in record.getMessage() for record in caplog.records)
+
+
+# -- one client per loop and connection -------------------------------------------------------
+
+
+def test_users_in_one_loop_share_one_client_lookup_session_and_token(sim, lookups):
+    async def main():
+        clients = []
+
+        async def one(n):
+            async with aio.shared_client(CONN_ID) as client:
+                clients.append(client)
+                await client.get_campaign_status(VOICE if n % 2 else SMS)
+                return client.session
+
+        sessions = await asyncio.gather(*(one(n) for n in range(50)))
+        return clients, sessions
+
+    clients, sessions = asyncio.run(main())
+    assert len({id(c) for c in clients}) == 1
+    assert len({id(s) for s in sessions}) == 1
+    assert lookups == [CONN_ID]
+    client = clients[0]
+    assert client.signer.signed == 1
+    assert len({r.headers["auth"] for r in sim.requests}) == 1
+    assert client.requests_sent == 50
+    assert sessions[0].closed
+    assert client.closed
+    assert aio.active_clients() == []
+
+
+def test_each_connection_id_gets_its_own_client(sim, monkeypatch):
+    set_conn(monkeypatch, sim, conn_id="kore_other")
+
+    async def main():
+        async with aio.shared_client(CONN_ID) as a, aio.shared_client("kore_other") as b:
+            async with aio.shared_client(CONN_ID) as a2:
+                assert a2 is a
+                assert a.users == 2
+            assert a.users == 1
+            assert len(aio.active_clients()) == 2
+            return a, b
+
+    a, b = asyncio.run(main())
+    assert a is not b
+    assert a.closed
+    assert b.closed
+
+
+def test_each_event_loop_gets_its_own_client(sim):
+    first = call(lambda c: c.get_campaign_status(VOICE))[1]
+    second = call(lambda c: c.get_campaign_status(VOICE))[1]
+    assert first is not second
+    assert first.closed
+    assert second.closed
+
+
+def test_session_closes_only_after_the_last_user(sim):
+    async def main():
+        outer = aio.shared_client(CONN_ID)
+        client = await outer.__aenter__()
+        async with aio.shared_client(CONN_ID):
+            pass
+        assert not client.session.closed
+        session = client.session
+        await outer.release()
+        await outer.release()  # a second release does nothing
+        return client, session
+
+    client, session = asyncio.run(main())
+    assert session.closed
+    assert client.users == 0
+
+
+def test_a_new_user_after_the_last_release_gets_a_fresh_client(sim, lookups):
+    async def main():
+        async with aio.shared_client(CONN_ID) as first:
+            await first.get_campaign_status(VOICE)
+        async with aio.shared_client(CONN_ID) as second:
+            await second.get_campaign_status(VOICE)
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first is not second
+    assert len(lookups) == 2
+
+
+def test_a_missing_connection_fails_every_waiter_with_one_lookup(sim, monkeypatch, lookups):
+    monkeypatch.delenv(f"AIRFLOW_CONN_{CONN_ID.upper()}")
+
+    async def main():
+        async def one():
+            async with aio.shared_client(CONN_ID):
+                pass
+
+        results = await asyncio.gather(*(one() for _ in range(10)), return_exceptions=True)
+        assert aio.active_clients() == []
+        set_conn(monkeypatch, sim)  # fixed: the next user looks it up again
+        async with aio.shared_client(CONN_ID) as client:
+            await client.get_campaign_status(VOICE)
+        return results
+
+    results = asyncio.run(main())
+    assert len(results) == 10
+    assert all(isinstance(r, Exception) and CONN_ID in str(r) for r in results)
+    assert len(lookups) == 2
+
+
+def test_an_incomplete_connection_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KORE_TEST",
+        json.dumps({"conn_type": "kore", "host": "https://kore.test", "login": "cs-1", "password": "s" * 20}),
+    )
+
+    async def main():
+        async with aio.shared_client(CONN_ID):
+            pass
+
+    with pytest.raises(KoreConfigurationError, match="account_id"):
+        asyncio.run(main())
+    assert aio.active_clients() == []
+
+
+def test_cancelling_a_holder_releases_and_closes(sim):
+    async def main():
+        entered = asyncio.Event()
+        seen = {}
+
+        async def holder():
+            async with aio.shared_client(CONN_ID) as client:
+                seen["client"] = client
+                entered.set()
+                await asyncio.sleep(3600)
+
+        task = asyncio.create_task(holder())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)  # the shielded close runs as its own task
+        return seen["client"]
+
+    client = asyncio.run(main())
+    assert client.users == 0
+    assert client.closed
+    assert aio.active_clients() == []
+
+
+def test_client_outside_shared_client_is_not_open():
+    client = aio.KoreAsyncClient(CONN_ID)
+    with pytest.raises(RuntimeError, match="shared_client"):
+        _ = client.config
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def test_ca_bundle_path_builds_one_context_per_process(sim, monkeypatch):
+    bundle = ssl.get_default_verify_paths().cafile or ""
+    if not bundle:
+        import certifi
+
+        bundle = certifi.where()
+    set_conn(monkeypatch, sim, verify=bundle)
+    monkeypatch.setattr(aio, "_ssl_contexts", {})
+    call(lambda c: c.get_campaign_status(VOICE))
+    context = aio._ssl_contexts[bundle]
+    assert isinstance(context, ssl.SSLContext)
+    call(lambda c: c.get_campaign_status(VOICE))
+    assert aio._ssl_contexts == {bundle: context}
+
+
+def test_unreadable_ca_bundle_is_a_configuration_error(sim, monkeypatch, tmp_path):
+    set_conn(monkeypatch, sim, verify=str(tmp_path / "missing.pem"))
+
+    async def main():
+        async with aio.shared_client(CONN_ID):
+            pass
+
+    with pytest.raises(KoreConfigurationError, match="CA bundle"):
+        asyncio.run(main())
+
+
+def test_importing_the_client_and_trigger_does_not_import_aiohttp():
+    code = (
+        "import sys, airflow_provider_kore.aio, airflow_provider_kore.triggers.campaign; "
+        "assert 'aiohttp' not in sys.modules, 'aiohttp imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -1,0 +1,541 @@
+"""KoreCampaignStatusTrigger: run() driven directly against the Kore.ai simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import time
+
+import pytest
+from airflow.triggers.base import TriggerEvent
+from structlog.testing import capture_logs
+
+from airflow_provider_kore import _compat, aio
+from airflow_provider_kore.exceptions import KoreConfigurationError
+from airflow_provider_kore.testing import KoreSimulator
+from airflow_provider_kore.triggers import campaign as campaign_module
+from airflow_provider_kore.triggers.campaign import CLASSPATH, KoreCampaignStatusTrigger
+
+CONN_ID = "kore_test"
+SECRET = "trigger-test-client-secret-0123456789abcdef"
+VOICE = "cd-voice-renewal-0001"
+EVENT_KEYS = {"status", "campaign_id", "campaign_status", "data", "message", "polls", "elapsed"}
+
+
+def set_conn(monkeypatch, sim, password=None, **extra):
+    conn = json.loads(sim.airflow_conn_json(**{"max_retries": 0, **extra}))
+    if password is not None:
+        conn["password"] = password
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    with KoreSimulator(client_secret=SECRET, complete_after_polls=3) as simulator:
+        simulator.set_status(VOICE, "Active")
+        set_conn(monkeypatch, simulator)
+        yield simulator
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch):
+    """Record the trigger's waits and the client's backoffs; backoffs are not slept."""
+    waits: dict[str, list[float]] = {"poll": [], "backoff": []}
+
+    async def poll_sleep(seconds):
+        waits["poll"].append(seconds)
+        await asyncio.sleep(min(seconds, 0.05))
+
+    async def backoff_sleep(seconds):
+        waits["backoff"].append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(campaign_module, "_sleep", poll_sleep)
+    monkeypatch.setattr(aio, "_sleep", backoff_sleep)
+    yield waits
+    aio.reset_shared_clients()
+
+
+class TriggerLogs:
+    """What the trigger logged, whichever way this Airflow routes ``BaseTrigger.log``.
+
+    Airflow 3.1+ gives triggers a structlog logger (seen with ``capture_logs``, at the levels
+    Airflow's configuration lets through); older ones a stdlib logger (seen by ``caplog``).
+    """
+
+    def __init__(self, structlog_entries, caplog):
+        self._structlog = structlog_entries
+        self._caplog = caplog
+
+    def entries(self):
+        found = [(e["log_level"], str(e["event"])) for e in self._structlog]
+        found += [(r.levelname.lower(), r.getMessage()) for r in self._caplog.records if r.name.startswith(CLASSPATH)]
+        return found
+
+    def messages(self, level):
+        return [text for lvl, text in self.entries() if lvl == level]
+
+
+@pytest.fixture
+def trigger_logs(caplog):
+    caplog.set_level(logging.INFO)
+    with capture_logs() as entries:
+        yield TriggerLogs(entries, caplog)
+
+
+def make(campaign_id=VOICE, **kwargs):
+    kwargs.setdefault("kore_conn_id", CONN_ID)
+    kwargs.setdefault("poll_interval", 0.01)
+    return KoreCampaignStatusTrigger(campaign_id, **kwargs)
+
+
+def run(trigger):
+    """Drive run() to its end in a fresh loop; return the single event's payload."""
+
+    async def collect():
+        return [event async for event in trigger.run()]
+
+    events = asyncio.run(collect())
+    assert len(events) == 1
+    assert isinstance(events[0], TriggerEvent)
+    payload = events[0].payload
+    assert set(payload) == EVENT_KEYS
+    assert aio.active_clients() == []  # released before the event was handed over
+    return payload
+
+
+# -- outcomes ---------------------------------------------------------------------------------
+
+
+def test_success_when_the_campaign_completes(sim):
+    payload = run(make())
+    assert payload["status"] == "success"
+    assert payload["campaign_id"] == VOICE
+    assert payload["campaign_status"] == "Completed"
+    assert payload["data"] == {"id": VOICE, "status": "Completed", "name": "Policy Renewal Voice Campaign"}
+    assert payload["polls"] == 3
+    assert VOICE in payload["message"]
+    assert "Completed" in payload["message"]
+    assert isinstance(payload["elapsed"], float)
+    json.dumps(payload)  # plain JSON, as the triggerer stores it
+
+
+def test_target_statuses_are_case_insensitive(sim):
+    payload = run(make(target_statuses=["active"]))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 1
+
+
+def test_failure_status_ends_the_wait(sim):
+    sim.set_status(VOICE, "Failed")
+    payload = run(make())
+    assert payload["status"] == "failure"
+    assert payload["campaign_status"] == "Failed"
+    assert payload["polls"] == 1
+    assert VOICE in payload["message"]
+    assert "'Failed'" in payload["message"]
+    assert "a failure status" in payload["message"]
+
+
+def test_custom_failure_status(sim):
+    sim.set_status(VOICE, "Paused")
+    payload = run(make(failure_statuses=["Paused"]))
+    assert payload["status"] == "failure"
+    assert payload["campaign_status"] == "Paused"
+
+
+def test_terminal_non_target_fails_at_the_first_poll(sim):
+    sim.set_status(VOICE, "Stopped")
+    payload = run(make(target_statuses=["Completed"]))
+    assert payload["status"] == "failure"
+    assert payload["campaign_status"] == "Stopped"
+    assert payload["polls"] == 1
+    assert "terminal status that is not a target" in payload["message"]
+
+
+def test_unknown_status_is_waited_on_and_logged_once(sim, trigger_logs):
+    sim.set_status(VOICE, "Warming")
+    reads = []
+
+    def advance(record):
+        if record.operation == "get_campaign_status":
+            reads.append(record)
+            if len(reads) == 3:
+                sim.set_status(VOICE, "Completed")
+
+    sim.on_request = advance
+    payload = run(make())
+    assert payload["status"] == "success"
+    assert payload["polls"] == 4
+    unknown = [m for m in trigger_logs.messages("info") if "does not know" in m]
+    assert len(unknown) == 1
+    assert "'Warming'" in unknown[0]
+
+
+def test_logs_at_info_only_on_the_first_poll_and_on_change(sim, trigger_logs):
+    sim.add_campaign("cd-slow", campaign_type="voice", status="Active", complete_after_polls=5)
+    payload = run(make("cd-slow"))
+    assert payload["polls"] == 5
+    assert trigger_logs.messages("info") == [
+        "Kore.ai campaign cd-slow is Active (poll 1)",
+        "Kore.ai campaign cd-slow is Completed (poll 5)",
+    ]
+
+
+# -- end_time ---------------------------------------------------------------------------------
+
+
+def test_timeout_after_end_time_with_a_last_poll_at_the_end(sim, sleeps):
+    sim.add_campaign("cd-forever", campaign_type="voice", status="Active", complete_after_polls=None)
+    payload = run(make("cd-forever", poll_interval=600.0, end_time=time.time() + 0.05))
+    assert payload["status"] == "timeout"
+    assert payload["campaign_status"] == "Active"
+    assert payload["polls"] == 2  # the first read, then one at end_time instead of 600 s later
+    assert len(sleeps["poll"]) == 1
+    assert sleeps["poll"][0] <= 0.05
+    assert "cd-forever" in payload["message"]
+    assert "'Active'" in payload["message"]
+    assert "Completed" in payload["message"]
+
+
+def test_end_time_in_the_past_polls_once(sim, sleeps):
+    payload = run(make(end_time=time.time() - 10))
+    assert payload["status"] == "timeout"
+    assert payload["polls"] == 1
+    assert sleeps["poll"] == []
+
+
+def test_a_decision_at_the_last_poll_wins_over_the_timeout(sim):
+    sim.set_status(VOICE, "Completed")
+    payload = run(make(end_time=time.time() - 10))
+    assert payload["status"] == "success"
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_transient_errors_are_tolerated_then_success(sim, trigger_logs):
+    sim.inject_fault("get_campaign_status", status=503, times=3)
+    payload = run(make(max_consecutive_errors=3))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 6  # three failed reads, then three good ones
+    warnings = [m for m in trigger_logs.messages("warning") if "status read failed" in m]
+    assert len(warnings) == 3
+    assert "(3 in a row, 3 tolerated)" in warnings[-1]
+
+
+def test_too_many_transient_errors_in_a_row_end_with_an_error_event(sim):
+    sim.inject_fault("get_campaign_status", status=503, times=None)
+    payload = run(make(max_consecutive_errors=2))
+    assert payload["status"] == "error"
+    assert payload["polls"] == 3
+    assert payload["campaign_status"] is None
+    assert payload["data"] is None
+    assert "3 status reads in a row failed" in payload["message"]
+    assert "HTTP 503" in payload["message"]
+    assert VOICE in payload["message"]
+
+
+def test_a_good_answer_resets_the_error_count(sim):
+    sim.add_campaign("cd-flaky", campaign_type="voice", status="Active", complete_after_polls=2)
+    sim.inject_fault("get_campaign_status", status=503, times=2)
+
+    def more_faults(record):
+        if record.status_code == 200 and sim.status_of("cd-flaky") == "Active":
+            sim.inject_fault("get_campaign_status", status=503, times=2)
+
+    sim.on_request = more_faults
+    payload = run(make("cd-flaky", max_consecutive_errors=2))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 6  # 503, 503, Active, 503, 503, Completed
+
+
+def test_network_errors_are_transient(sim, monkeypatch):
+    set_conn(monkeypatch, sim, timeout=0.1)
+    sim.inject_fault("get_campaign_status", delay=0.5, times=1)
+    payload = run(make())
+    assert payload["status"] == "success"
+    # The late answer still counted as a read on Kore's side: Completed comes at the third poll.
+    assert payload["polls"] == 3
+    assert sim.count("get_campaign_status") == 3
+
+
+def test_401_is_answered_by_one_new_token(sim):
+    sim.inject_fault("get_campaign_status", status=401)
+    payload = run(make())
+    assert payload["status"] == "success"
+    assert len({r.headers["auth"] for r in sim.requests}) == 2
+
+
+def test_rejected_credentials_end_with_an_error_event_at_once(sim, monkeypatch):
+    set_conn(monkeypatch, sim, password="wrong-" + SECRET)
+    payload = run(make(max_consecutive_errors=5))
+    assert payload["status"] == "error"
+    assert payload["polls"] == 1
+    assert "HTTP 401" in payload["message"]
+    assert "wrong-" not in payload["message"]
+
+
+def test_rate_limit_with_retry_after_is_honoured(sim, monkeypatch, sleeps):
+    set_conn(monkeypatch, sim, max_retries=2)
+    sim.inject_fault("get_campaign_status", status=429, retry_after=5)
+    payload = run(make())
+    assert payload["status"] == "success"
+    assert sleeps["backoff"][0] >= 5
+
+
+def test_non_json_answer_ends_with_an_error_event(sim):
+    sim.inject_fault("get_campaign_status", non_json=True)
+    payload = run(make())
+    assert payload["status"] == "error"
+    assert payload["polls"] == 1
+    assert "non-JSON" in payload["message"]
+
+
+def test_unknown_campaign_ends_with_an_error_event(sim):
+    payload = run(make("cd-does-not-exist"))
+    assert payload["status"] == "error"
+    assert payload["polls"] == 1
+    assert "'cd-does-not-exist'" in payload["message"]
+    assert "404" in payload["message"]
+
+
+def test_missing_connection_ends_with_an_error_event(sim):
+    payload = run(make(kore_conn_id="kore_missing"))
+    assert payload["status"] == "error"
+    assert payload["polls"] == 0
+    assert "kore_missing" in payload["message"]
+
+
+def test_missing_stream_id_ends_with_an_error_event(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KORE_TEST",
+        json.dumps(
+            {
+                "conn_type": "kore",
+                "host": "http://127.0.0.1:9",
+                "login": "cs-1",
+                "password": SECRET,
+                "extra": {"account_id": "acc-1"},
+            }
+        ),
+    )
+    payload = run(make())
+    assert payload["status"] == "error"
+    assert "stream_id" in payload["message"]
+    assert VOICE in payload["message"]
+
+
+def test_unexpected_exception_fails_closed(sim, monkeypatch, trigger_logs):
+    async def boom(self, campaign_id, stream_id=None):
+        raise RuntimeError(f"boom with {SECRET}")
+
+    monkeypatch.setattr(aio.KoreAsyncClient, "get_campaign_status", boom)
+    payload = run(make())
+    assert payload["status"] == "error"
+    assert "unexpected RuntimeError: boom with ***" in payload["message"]
+    (logged,) = trigger_logs.messages("error")
+    assert "boom with ***" in logged
+    assert SECRET not in json.dumps(trigger_logs.entries())
+
+
+def test_no_secret_or_token_in_events_or_logs(sim, monkeypatch, caplog, trigger_logs):
+    caplog.set_level(logging.DEBUG)
+    set_conn(monkeypatch, sim, max_retries=1)
+    sim.inject_fault("get_campaign_status", status=401)
+    sim.inject_fault("get_campaign_status", status=503, times=3)
+    sim.inject_fault("get_campaign_status", status=429)
+    payloads = [run(make())]
+    set_conn(monkeypatch, sim, password="other-" + SECRET)
+    payloads.append(run(make()))
+    assert [p["status"] for p in payloads] == ["success", "error"]
+    tokens = {r.headers["auth"] for r in sim.requests}
+    texts = [json.dumps(p) for p in payloads] + [r.getMessage() for r in caplog.records]
+    texts += [text for _, text in trigger_logs.entries()]
+    assert len(texts) > 8  # the retries, the 401 and the outcomes were all logged
+    for text in texts:
+        assert SECRET not in text
+        assert "eyJ" not in text
+        assert not any(token in text for token in tokens)
+
+
+# -- many triggers, one client ----------------------------------------------------------------
+
+
+def test_many_triggers_share_one_lookup_session_and_token(sim, monkeypatch):
+    lookups = []
+    real_lookup = _compat.aget_connection
+
+    async def counting_lookup(conn_id):
+        lookups.append(conn_id)
+        await asyncio.sleep(0.01)
+        return await real_lookup(conn_id)
+
+    monkeypatch.setattr(_compat, "aget_connection", counting_lookup)
+    import aiohttp
+
+    sessions = []
+    real_session = aiohttp.ClientSession
+
+    def recording_session(*args, **kwargs):
+        sessions.append(real_session(*args, **kwargs))
+        return sessions[-1]
+
+    monkeypatch.setattr(aiohttp, "ClientSession", recording_session)
+    ids = [f"cd-many-{n:03d}" for n in range(200)]
+    for campaign_id in ids:
+        sim.add_campaign(campaign_id, campaign_type="voice", status="Active", complete_after_polls=2)
+
+    async def main():
+        async def one(campaign_id):
+            return [event.payload async for event in make(campaign_id).run()]
+
+        return await asyncio.gather(*(one(c) for c in ids))
+
+    results = asyncio.run(main())
+    assert all(len(events) == 1 and events[0]["status"] == "success" for events in results)
+    assert lookups == [CONN_ID]
+    assert len(sessions) == 1
+    assert sessions[0].closed
+    assert len({r.headers["auth"] for r in sim.requests}) == 1
+    assert sim.count("get_campaign_status", status_code=200) == 400
+    assert aio.active_clients() == []
+
+
+# -- serialisation and validation -------------------------------------------------------------
+
+
+def test_serialize_round_trip():
+    trigger = KoreCampaignStatusTrigger(
+        VOICE,
+        kore_conn_id=CONN_ID,
+        target_statuses=("Completed", "Stopped"),
+        failure_statuses=("Failed", "Paused"),
+        stream_id="st-1",
+        poll_interval=15,
+        end_time=1_900_000_000.5,
+        stop_on_kill=True,
+        campaign_type="SMS",
+        max_consecutive_errors=4,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == CLASSPATH
+    assert kwargs == {
+        "campaign_id": VOICE,
+        "kore_conn_id": CONN_ID,
+        "target_statuses": ["Completed", "Stopped"],
+        "failure_statuses": ["Failed", "Paused"],
+        "stream_id": "st-1",
+        "poll_interval": 15.0,
+        "end_time": 1_900_000_000.5,
+        "stop_on_kill": True,
+        "campaign_type": "sms",
+        "max_consecutive_errors": 4,
+    }
+    rebuilt = KoreCampaignStatusTrigger(**json.loads(json.dumps(kwargs)))
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert rebuilt.rule == trigger.rule
+
+
+def test_serialize_resolves_default_failure_statuses():
+    _, kwargs = KoreCampaignStatusTrigger(VOICE).serialize()
+    assert kwargs["target_statuses"] == ["Completed"]
+    assert kwargs["failure_statuses"] == ["Failed"]
+    assert kwargs["kore_conn_id"] == "kore_default"
+    assert kwargs["end_time"] is None
+    _, kwargs = KoreCampaignStatusTrigger(VOICE, target_statuses="Failed").serialize()
+    assert kwargs["failure_statuses"] == []
+    assert KoreCampaignStatusTrigger(**kwargs).serialize()[1] == kwargs
+
+
+def test_the_classpath_imports_the_class():
+    module, _, name = CLASSPATH.rpartition(".")
+    assert getattr(importlib.import_module(module), name) is KoreCampaignStatusTrigger
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"target_statuses": []}, "target_statuses"),
+        ({"target_statuses": ["Completed"], "failure_statuses": ["completed"]}, "share"),
+        ({"poll_interval": 0}, "poll_interval"),
+        ({"poll_interval": "30"}, "poll_interval"),
+        ({"end_time": "tomorrow"}, "end_time"),
+        ({"campaign_type": "fax"}, "campaign_type"),
+        ({"max_consecutive_errors": -1}, "max_consecutive_errors"),
+        ({"max_consecutive_errors": 1.5}, "max_consecutive_errors"),
+        ({"stream_id": "st/1"}, "stream_id"),
+        ({"kore_conn_id": ""}, "kore_conn_id"),
+    ],
+)
+def test_invalid_arguments_are_refused(kwargs, field):
+    with pytest.raises(KoreConfigurationError, match=field):
+        KoreCampaignStatusTrigger(VOICE, **kwargs)
+
+
+def test_invalid_campaign_id_is_refused():
+    with pytest.raises(KoreConfigurationError, match="campaign_id"):
+        KoreCampaignStatusTrigger("")
+
+
+# -- on_kill, cancellation, cleanup -----------------------------------------------------------
+
+
+def test_on_kill_stops_the_campaign_with_stop_on_kill(sim, trigger_logs):
+    asyncio.run(make(stop_on_kill=True).on_kill())
+    assert sim.status_of(VOICE) == "Stopped"
+    (stop,) = [r for r in sim.requests if r.operation == "stop_campaign"]
+    assert stop.query["campaignType"] == "voice"
+    assert trigger_logs.messages("info") == [
+        "Stopped Kore.ai campaign cd-voice-renewal-0001 after the task was killed: Campaign Stopped"
+    ]
+    assert aio.active_clients() == []
+
+
+def test_on_kill_does_nothing_without_stop_on_kill(sim):
+    asyncio.run(make().on_kill())
+    assert sim.count() == 0
+    assert sim.status_of(VOICE) == "Active"
+
+
+def test_on_kill_logs_and_swallows_a_failed_stop(sim, trigger_logs):
+    sim.set_status(VOICE, "Completed")  # Kore refuses to stop a campaign that is not running
+    asyncio.run(make(stop_on_kill=True).on_kill())
+    (warning,) = trigger_logs.messages("warning")
+    assert "Could not stop Kore.ai campaign cd-voice-renewal-0001" in warning
+    assert "Campaign is not active" in warning
+    assert aio.active_clients() == []
+
+
+def test_cancellation_propagates_and_releases_the_client_then_on_kill_stops(sim):
+    sim.add_campaign("cd-long", campaign_type="voice", status="Active", complete_after_polls=None)
+    trigger = make("cd-long", stop_on_kill=True)
+
+    async def main():
+        seen = []
+
+        async def consume():
+            async for event in trigger.run():
+                seen.append(event)
+
+        task = asyncio.create_task(consume())
+        for _ in range(500):  # until the trigger is polling
+            if sim.count("get_campaign_status") >= 2:
+                break
+            await asyncio.sleep(0.01)
+        (client,) = aio.active_clients()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)  # the shielded session close
+        assert aio.active_clients() == []
+        assert client.closed
+        await trigger.cleanup()  # the triggerer calls it too: nothing left to release
+        await trigger.on_kill()  # Airflow 3.3: the user killed the task
+        return seen
+
+    assert asyncio.run(main()) == []
+    assert sim.status_of("cd-long") == "Stopped"
+    assert aio.active_clients() == []
