@@ -36,27 +36,27 @@ def _conn_fields() -> dict[str, Any]:
         "timeout": {
             "label": "Request timeout (seconds)",
             "description": "Seconds to wait for each request. Default 30.",
-            "schema": {"type": ["number", "null"], "minimum": 0},
+            "schema": {"type": ["number", "null"], "minimum": 0, "default": 30},
         },
         "max_retries": {
             "label": "Max retries",
             "description": "Retries on 429, 5xx and network errors, with backoff that honours Retry-After. Default 5.",
-            "schema": {**number, "minimum": 0},
+            "schema": {**number, "minimum": 0, "default": 5},
         },
         "jwt_algorithm": {
             "label": "JWT algorithm",
             "description": "Algorithm that signs the auth token with the client secret: HS256 (default) or HS512.",
-            "schema": {"type": ["string", "null"], "enum": ["HS256", "HS512", None]},
+            "schema": {"type": ["string", "null"], "enum": ["HS256", "HS512"], "default": "HS256"},
         },
         "jwt_per_request": {
             "label": "New JWT per request",
             "description": "Sign a fresh token (new jti) for every request, for JWT apps that enforce single-use JTIs.",
-            "schema": {"type": ["boolean", "null"]},
+            "schema": {"type": ["boolean", "null"], "default": False},
         },
         "verify": {
             "label": "Verify TLS certificates",
             "description": "Check the platform's TLS certificate. Default true.",
-            "schema": {"type": ["boolean", "null"]},
+            "schema": {"type": ["boolean", "null"], "default": True},
         },
         "max_requests_per_minute": {
             "label": "Max requests per minute",
