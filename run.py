@@ -28,7 +28,14 @@ ROOT = Path(__file__).resolve().parent
 # shipped with: today's cadwyn/fastapi/pydantic break its execution API under dag.test().
 AIRFLOW = {
     "newest": ["apache-airflow==3.3.2"],
-    "lowest": ["apache-airflow==3.0.6", "cadwyn==5.4.6", "fastapi[standard]==0.116.1", "pydantic==2.11.7"],
+    "lowest": [
+        "apache-airflow==3.0.6",
+        "cadwyn==5.4.6",
+        "fastapi[standard]==0.116.1",
+        "pydantic==2.11.7",
+        # 3.0.6's api-server rejects its own tokens with PyJWT>=2.11 (no iss claim configured).
+        "pyjwt==2.10.1",
+    ],
 }
 # Tools the test suite uses beyond the dev extra: the HTTP provider for the side-by-side benchmark.
 TEST_EXTRAS = ["apache-airflow-providers-http"]
