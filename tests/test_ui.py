@@ -3,8 +3,10 @@
 One throwaway API server per module (SQLite, simple auth manager with everyone an admin, the
 Test button enabled), a :class:`KoreSimulator` for the hook to reach, and a headless Debian
 Chromium driven by Selenium (``scripts/install_chromium.sh`` installs the browser; the browser
-tests skip themselves without it). The browser test writes ``docs/connection-form.png``
-(``docs/connection-form-airflow-3.0.png`` on Airflow < 3.2).
+tests skip themselves without it). The browser test saves its screenshot of the form under
+pytest's temporary directory; with ``KORE_UPDATE_DOCS=1`` it refreshes ``docs/connection-form.png``
+(``docs/connection-form-airflow-3.0.png`` on Airflow < 3.2) instead, so a test run leaves the
+working tree as it found it.
 
 What differs by Airflow version (see ``docs/ui.md``):
 
@@ -43,8 +45,10 @@ pytestmark = pytest.mark.e2e
 
 AIRFLOW_VERSION = tuple(int(part) for part in airflow.__version__.split(".")[:2])
 REPO = Path(__file__).resolve().parent.parent
-#: Where the browser test leaves its screenshot: Airflow 3.0/3.1 build the form differently.
-SCREENSHOT = REPO / "docs" / ("connection-form.png" if AIRFLOW_VERSION >= (3, 2) else "connection-form-airflow-3.0.png")
+#: The docs' screenshot of the form (Airflow 3.0/3.1 build the form differently).
+DOCS_SCREENSHOT = REPO / "docs" / (
+    "connection-form.png" if AIRFLOW_VERSION >= (3, 2) else "connection-form-airflow-3.0.png"
+)
 
 STANDARD_LABELS = {"host": "Platform URL", "login": "Client ID", "password": "Client Secret"}
 EXTRA_LABELS = {
@@ -432,7 +436,7 @@ def _side_by_side_png(driver: Any, images: list[str], path: Path) -> None:
 
 
 def test_add_connection_form_shows_the_kore_fields(
-    api_server: ApiServer, simulator: KoreSimulator, browser: Any
+    api_server: ApiServer, simulator: KoreSimulator, browser: Any, tmp_path: Path
 ) -> None:
     """Pick "Kore.ai" in Add Connection, check the labels, screenshot the form, save it, test it."""
     from selenium.webdriver.support import expected_conditions as ec
@@ -469,8 +473,9 @@ def test_add_connection_form_shows_the_kore_fields(
     _wait(browser, ec.invisibility_of_element_located(("css selector", "[role=dialog]")), "the dialog to close")
     assert simulator.client_secret not in browser.page_source
 
-    _side_by_side_png(browser, [standard_png, extra_png], SCREENSHOT)
-    assert SCREENSHOT.read_bytes().startswith(b"\x89PNG")
+    screenshot = DOCS_SCREENSHOT if os.environ.get("KORE_UPDATE_DOCS") == "1" else tmp_path / DOCS_SCREENSHOT.name
+    _side_by_side_png(browser, [standard_png, extra_png], screenshot)
+    assert screenshot.read_bytes().startswith(b"\x89PNG")
 
     # What the form stored is what the hook reads.
     stored = api_server.api("GET", "/api/v2/connections/kore_default").json()
