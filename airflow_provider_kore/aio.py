@@ -11,6 +11,12 @@ lets go::
 
 URLs and answers go through :mod:`airflow_provider_kore.api` exactly as in the sync hook;
 this module only sends and retries. ``aiohttp`` is imported on first use, never at import.
+
+Every request of the loop on one connection takes its turn from the client's
+:class:`~airflow_provider_kore.pacing.AsyncPacer` (the connection's request budget, the
+connection-wide pause after a 429, first come first served), and status reads of one campaign
+are coalesced: a read joins one already in flight, or reuses an answer younger than the
+``max_age`` its caller accepts.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kore import _compat, api
+from airflow_provider_kore import _compat, api, pacing
 from airflow_provider_kore.auth import JwtSigner
-from airflow_provider_kore.exceptions import KoreConfigurationError, KoreConnectionError
+from airflow_provider_kore.exceptions import KoreConfigurationError, KoreConnectionError, KoreRateLimitError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -38,6 +44,8 @@ CONNECTION_LIMIT = 100
 RELOAD_MIN_INTERVAL = 60.0
 #: Prepared requests kept per client; a triggerer waits on far fewer campaigns than this.
 _PREPARED_CACHE_SIZE = 10_000
+#: Latest status answers kept per client, for coalescing.
+_ANSWER_CACHE_SIZE = 10_000
 _USER_AGENT = "airflow-provider-kore"
 
 # SSL contexts built from a CA bundle path, once per process (loading a bundle costs ~25 ms).
@@ -47,6 +55,28 @@ _ssl_contexts: dict[str, Any] = {}
 async def _sleep(seconds: float) -> None:
     """Backoff between retries (a seam for tests)."""
     await asyncio.sleep(seconds)
+
+
+class WaitCounters:
+    """What one wait's status reads cost; the trigger passes one to every read it makes.
+
+    ``requests``: requests its reads put on the wire (retries included); ``coalesced``: reads
+    answered by another wait's request (in flight, or answered less than ``max_age`` ago);
+    ``rate_limited``: 429 answers to its requests.
+    """
+
+    __slots__ = ("coalesced", "rate_limited", "requests", "seen_at")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.coalesced = 0
+        self.rate_limited = 0
+        #: Pacing-clock send time of the answer this wait read last (a wait never re-reads it).
+        self.seen_at = float("-inf")
+
+
+class _LeaderGone(Exception):
+    """The read a wait joined was abandoned (cancelled, or out of time); the wait reads itself."""
 
 
 class KoreAsyncClient:
@@ -73,12 +103,17 @@ class KoreAsyncClient:
         self._reloaded_at = float("-inf")
         self._users = 0
         self._key: tuple[asyncio.AbstractEventLoop, str] | None = None
+        #: Turns for every request of this client: the connection's budget and 429 pauses.
+        self.pacing = pacing.AsyncPacer(pacing.Budget(kore_conn_id, waits=lambda: self._users))
+        # Status reads in flight and the latest answers, by URL (one per stream and campaign).
+        self._inflight: dict[str, asyncio.Future[tuple[float, dict[str, Any]]]] = {}
+        self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.closed = False
         #: Requests put on the wire (every attempt counts).
         self.requests_sent = 0
         #: Attempts repeated after a network failure or a retryable status.
         self.retries = 0
-        #: ``429 Too Many Requests`` answers received.
+        #: ``429 Too Many Requests`` answers received (each re-queued behind the pause, never a retry).
         self.rate_limited = 0
         #: Tokens thrown away after a ``401`` and signed again.
         self.auth_refreshes = 0
@@ -118,17 +153,95 @@ class KoreAsyncClient:
 
     # -- the operations -----------------------------------------------------------------------
 
-    async def get_campaign_status(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
-        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``)."""
-        answer = await self._call("get_campaign_status", campaign_id, stream_id, None)
+    async def get_campaign_status(
+        self,
+        campaign_id: str,
+        stream_id: str | None = None,
+        *,
+        max_age: float = 0.0,
+        deadline: float | None = None,
+        wait: WaitCounters | None = None,
+    ) -> dict[str, Any]:
+        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``).
+
+        A read of a campaign that another caller of this client is already reading joins that
+        request instead of sending its own.
+
+        :param max_age: Also accept an answer another caller got less than this many seconds
+            ago (never one ``wait`` has already seen).
+        :param deadline: Epoch seconds (``time.time()``) after which no request is worth
+            sending: if Kore's rate limit or the connection's budget leaves no turn before it,
+            :class:`~airflow_provider_kore.exceptions.KoreRateLimitError` is raised. None:
+            wait for a turn however long it takes. A 429 is never raised otherwise.
+        :param wait: The calling wait's counters (updated in place).
+        """
+        prepared = self._prepare("get_campaign_status", campaign_id, stream_id, None)
+        key = prepared.url
+        while True:
+            if max_age > 0:
+                cached = self._answers.get(key)
+                if cached is not None:
+                    fetched_at, data = cached
+                    if pacing.clock() - fetched_at < max_age and (wait is None or fetched_at > wait.seen_at):
+                        self._shared_answer(wait, fetched_at)
+                        return data
+            shared = self._inflight.get(key)
+            if shared is None:
+                return await self._lead_status_read(key, campaign_id, stream_id, deadline, wait)
+            try:
+                # Shielded: one follower being cancelled must not cancel the read for the others.
+                fetched_at, data = await asyncio.shield(shared)
+            except _LeaderGone:
+                continue
+            self._shared_answer(wait, fetched_at)
+            return data
+
+    def _shared_answer(self, wait: WaitCounters | None, fetched_at: float) -> None:
+        self.pacing.budget.coalesced += 1
+        if wait is not None:
+            wait.coalesced += 1
+            wait.seen_at = fetched_at
+
+    async def _lead_status_read(
+        self, key: str, campaign_id: str, stream_id: str | None, deadline: float | None, wait: WaitCounters | None
+    ) -> dict[str, Any]:
+        shared: asyncio.Future[tuple[float, dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = shared
+        try:
+            answer, sent_at = await self._exchange("get_campaign_status", campaign_id, stream_id, None, deadline, wait)
+        except BaseException as exc:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
+            # Followers read for themselves when this read was abandoned; otherwise they share its error.
+            abandoned = not isinstance(exc, Exception) or isinstance(exc, _OutOfTime)
+            shared.set_exception(_LeaderGone() if abandoned else exc)
+            shared.exception()  # retrieved, so asyncio never warns when no one joined
+            raise
         data: dict[str, Any] = answer["data"]
+        if len(self._answers) >= _ANSWER_CACHE_SIZE:
+            self._answers.clear()
+        self._answers[key] = (sent_at, data)
+        if self._inflight.get(key) is shared:
+            del self._inflight[key]
+        shared.set_result((sent_at, data))
+        if wait is not None:
+            wait.seen_at = sent_at
         return data
 
     async def stop_campaign(
-        self, campaign_id: str, campaign_type: str = "voice", stream_id: str | None = None
+        self,
+        campaign_id: str,
+        campaign_type: str = "voice",
+        stream_id: str | None = None,
+        *,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...)."""
-        return await self._call("stop_campaign", campaign_id, stream_id, campaign_type)
+        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...).
+
+        :param deadline: As for :meth:`get_campaign_status`.
+        """
+        answer, _ = await self._exchange("stop_campaign", campaign_id, stream_id, campaign_type, deadline, None)
+        return answer
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -178,6 +291,7 @@ class KoreAsyncClient:
         )
         self._policy = api.RetryPolicy(max_retries=config.max_retries)
         self._prepared.clear()
+        self.pacing.budget.configure(config.max_requests_per_minute, config.max_requests_per_hour)
 
     async def aclose(self) -> None:
         """Close the session. :func:`shared_client` calls this when its last user is done."""
@@ -237,20 +351,47 @@ class KoreAsyncClient:
             self._prepared[key] = prepared
         return prepared
 
-    async def _call(
-        self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
-    ) -> dict[str, Any]:
-        """Send with the hook's retry rules; return the parsed answer or raise a provider exception."""
+    async def _exchange(
+        self,
+        operation: str,
+        campaign_id: str,
+        stream_id: str | None,
+        campaign_type: str | None,
+        deadline: float | None,
+        wait: WaitCounters | None,
+    ) -> tuple[dict[str, Any], float]:
+        """Send with the hook's retry rules, in turn; return (parsed answer, pacing-clock send time).
+
+        A 429 pauses the whole connection and the request queues again behind the pause; it
+        never counts as a retry. Other failures follow :class:`~airflow_provider_kore.api.RetryPolicy`.
+        """
         config = self.config
         prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
+        pacer = self.pacing
+        budget = pacer.budget
+        until = None if deadline is None else pacing.clock() + (deadline - time.time())
         retries = 0
         resigned = False
         reloaded = False
         while True:
+            if not config.jwt_per_request:
+                # Sign before taking the turn, so the request leaves as soon as it is ours.
+                self.signer.token()
+            try:
+                sent_at = await pacer.acquire(until)
+            except pacing.BudgetExhausted as exc:
+                raise _OutOfTime(
+                    f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r}: "
+                    f"{_NO_TURN[exc.reason]} before the deadline",
+                    operation=prepared.operation,
+                    campaign_id=prepared.campaign_id,
+                ) from None
             session = self.session
             signer = self.signer
             token = signer.token()
             self.requests_sent += 1
+            if wait is not None:
+                wait.requests += 1
             try:
                 async with session.request(
                     prepared.method,
@@ -277,6 +418,15 @@ class KoreAsyncClient:
                 await self._backoff(prepared, cause, retries, None)
                 continue
 
+            if status == 429:
+                # Kore's rolling window is full: the connection pauses, this request queues again.
+                self.rate_limited += 1
+                if wait is not None:
+                    wait.rate_limited += 1
+                budget.record_rate_limited(sent_at, pacing.clock(), api.parse_retry_after(retry_after))
+                log.debug("Kore.ai answered 429 to %s for %s; queued again", prepared.endpoint.label, campaign_id)
+                continue
+            budget.record_answer(sent_at, pacing.clock())
             if status == 401:
                 if not resigned:
                     # Clock skew or a token refused early: sign a new one, once. Only the token
@@ -293,17 +443,16 @@ class KoreAsyncClient:
                         prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
                         resigned = False
                         continue
-            if status == 429:
-                self.rate_limited += 1
             if self._policy.should_retry(status, retries) and (
                 prepared.endpoint.idempotent or status in api.REFUSED_STATUS
             ):
                 retries += 1
                 await self._backoff(prepared, f"HTTP {status}", retries, api.parse_retry_after(retry_after))
                 continue
-            return api.parse_answer(
+            answer = api.parse_answer(
                 prepared, status, body, retry_after=retry_after, secrets=(config.client_secret, token)
             )
+            return answer, sent_at
 
     async def _backoff(self, prepared: api.PreparedCall, cause: str, retry: int, retry_after: float | None) -> None:
         self.retries += 1
@@ -318,6 +467,16 @@ class KoreAsyncClient:
             delay,
         )
         await _sleep(delay)
+
+
+class _OutOfTime(KoreRateLimitError):
+    """No turn before the caller's deadline: Kore's rate limit or the connection's budget."""
+
+
+_NO_TURN = {
+    "budget": "the connection's request budget (max_requests_per_minute / max_requests_per_hour) has no room",
+    "rate limit": "Kore.ai's rate limit (429) leaves no room for a request",
+}
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
@@ -455,6 +614,7 @@ __all__ = [
     "CONNECTION_LIMIT",
     "KoreAsyncClient",
     "SharedClient",
+    "WaitCounters",
     "active_clients",
     "reset_shared_clients",
     "shared_client",

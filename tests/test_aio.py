@@ -8,11 +8,12 @@ import logging
 import ssl
 import subprocess
 import sys
+import time
 
 import jwt
 import pytest
 
-from airflow_provider_kore import _compat, aio, api
+from airflow_provider_kore import _compat, aio, api, pacing
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -20,6 +21,7 @@ from airflow_provider_kore.exceptions import (
     KoreConfigurationError,
     KoreConnectionError,
     KoreNotFoundError,
+    KoreRateLimitError,
     KoreServerError,
 )
 from airflow_provider_kore.testing import KoreSimulator
@@ -57,6 +59,24 @@ def backoff(monkeypatch):
     monkeypatch.setattr(aio, "_sleep", fake_sleep)
     yield delays
     aio.reset_shared_clients()
+
+
+@pytest.fixture(autouse=True)
+def pacing_waits(monkeypatch):
+    """Pacing waits (budget turns, 429 pauses) pass at once: the pacing clock jumps by each wait."""
+    waits: list[float] = []
+    real = time.monotonic
+
+    def clock():
+        return real() + sum(waits)
+
+    async def fast_sleep(seconds):
+        waits.append(seconds)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(pacing, "clock", clock)
+    monkeypatch.setattr(pacing, "_sleep", fast_sleep)
+    return waits
 
 
 @pytest.fixture
@@ -193,20 +213,137 @@ def test_5xx_after_every_retry_raises_server_error(sim):
     assert client.requests_sent == 3  # max_retries=2 from the connection
 
 
-def test_429_honours_retry_after(sim, backoff):
+def test_429_honours_retry_after_by_pausing_the_connection(sim, backoff, pacing_waits):
     sim.inject_fault("get_campaign_status", status=429, retry_after=7)
     data, client = call(lambda c: c.get_campaign_status(VOICE))
     assert data["id"] == VOICE
     assert client.rate_limited == 1
-    assert client.retries == 1
-    assert backoff[0] >= 7
+    assert client.retries == 0  # a 429 is not a retry
+    assert backoff == []
+    assert client.pacing.stats()["pauses"] == 1
+    assert sum(pacing_waits) >= 6.9  # measured from when the 429 came back
 
 
-def test_429_without_retry_after_backs_off(sim, backoff):
-    sim.inject_fault("get_campaign_status", status=429, times=2)
-    call(lambda c: c.get_campaign_status(VOICE))
-    assert len(backoff) == 2
-    assert all(delay > 0 for delay in backoff)
+def test_429s_never_use_up_retries(sim, monkeypatch, backoff, pacing_waits):
+    set_conn(monkeypatch, sim, max_retries=0)
+    sim.inject_fault("get_campaign_status", status=429, times=3)
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["id"] == VOICE
+    assert client.rate_limited == 3
+    assert client.requests_sent == 4
+    assert backoff == []
+    stats = client.pacing.stats()
+    assert stats["pauses"] == 3  # each refused request was sent after the previous pause
+    # Paused 2-3 s, then 4-6 s, then 8-12 s (doubling, with jitter), plus the learned spacing.
+    assert sum(pacing_waits) >= pacing.PAUSE_BASE * (1 + 2 + 4)
+
+
+def test_a_deadline_ends_the_wait_for_a_turn_with_a_rate_limit_error(sim, monkeypatch):
+    sim.inject_fault("get_campaign_status", status=429, retry_after=60)
+
+    async def read(client):
+        return await client.get_campaign_status(VOICE, deadline=time.time() + 30)
+
+    error, client = call_error(read)
+    assert isinstance(error, KoreRateLimitError)
+    assert "429" in str(error)
+    assert "before the deadline" in str(error)
+    assert client.requests_sent == 1
+
+
+def test_the_budget_spaces_requests_and_a_deadline_bounds_the_wait(sim, monkeypatch, pacing_waits):
+    set_conn(monkeypatch, sim, max_requests_per_minute=6)
+
+    async def reads(client):
+        await client.get_campaign_status(VOICE)
+        await client.get_campaign_status(VOICE)
+        with pytest.raises(KoreRateLimitError, match="request budget"):
+            await client.get_campaign_status(VOICE, deadline=time.time() + 1)
+        return client.pacing.stats()
+
+    stats, _ = call(reads)
+    assert pacing_waits == [pytest.approx(61 / 6, abs=0.05)]  # one turn waited for, evenly spaced
+    assert stats["requests"] == 2
+    assert stats["current_rate_per_minute"] == pytest.approx(60 * 6 / 61, abs=0.1)
+
+
+# -- coalescing ---------------------------------------------------------------------------------
+
+
+def test_concurrent_reads_of_one_campaign_share_one_request(sim):
+    async def reads(client):
+        waits = [aio.WaitCounters() for _ in range(10)]
+        answers = await asyncio.gather(*(client.get_campaign_status(VOICE, wait=w) for w in waits))
+        return answers, waits
+
+    (answers, waits), client = call(reads)
+    assert all(a == answers[0] for a in answers)
+    assert sim.count("get_campaign_status") == 1
+    assert sum(w.requests for w in waits) == 1
+    assert sum(w.coalesced for w in waits) == 9
+    assert client.pacing.stats()["coalesced"] == 9
+
+
+def test_a_recent_answer_is_reused_within_max_age_but_never_by_the_wait_that_read_it(sim):
+    async def reads(client):
+        first, second = aio.WaitCounters(), aio.WaitCounters()
+        await client.get_campaign_status(VOICE, max_age=60, wait=first)
+        await client.get_campaign_status(VOICE, max_age=60, wait=second)  # reuses first's answer
+        await client.get_campaign_status(VOICE, max_age=60, wait=first)  # its own: reads again
+        await client.get_campaign_status(VOICE, max_age=0, wait=second)  # no reuse asked for
+        return first, second
+
+    (first, second), _ = call(reads)
+    assert sim.count("get_campaign_status") == 3
+    assert (first.requests, first.coalesced) == (2, 0)
+    assert (second.requests, second.coalesced) == (1, 1)
+
+
+def test_reads_of_different_campaigns_are_not_shared(sim):
+    async def reads(client):
+        return await asyncio.gather(client.get_campaign_status(VOICE), client.get_campaign_status(SMS))
+
+    (voice, sms), _ = call(reads)
+    assert (voice["id"], sms["id"]) == (VOICE, SMS)
+    assert sim.count("get_campaign_status") == 2
+
+
+def test_an_error_is_shared_by_the_reads_that_joined(sim):
+    async def reads(client):
+        return await asyncio.gather(
+            *(client.get_campaign_status("cd-missing") for _ in range(5)), return_exceptions=True
+        )
+
+    errors, _ = call(reads)
+    assert all(isinstance(e, KoreNotFoundError) for e in errors)
+    assert sim.count("get_campaign_status") == 1
+
+
+def test_a_cancelled_leader_leaves_the_joined_reads_to_read_for_themselves(sim):
+    sim.inject_fault("get_campaign_status", delay=0.3)
+
+    async def reads(client):
+        leader = asyncio.ensure_future(client.get_campaign_status(VOICE))
+        await asyncio.sleep(0.05)
+        follower = asyncio.ensure_future(client.get_campaign_status(VOICE))
+        await asyncio.sleep(0.05)
+        leader.cancel()
+        return await follower
+
+    data, _ = call(reads)
+    assert data["id"] == VOICE
+    assert sim.count("get_campaign_status") == 2
+
+
+def test_stop_requests_are_never_coalesced(sim):
+    sim.set_status(VOICE, "Active")
+    sim.set_status(SMS, "Active")
+
+    async def stops(client):
+        return await asyncio.gather(client.stop_campaign(VOICE), client.stop_campaign(VOICE), return_exceptions=True)
+
+    _, _ = call(stops)
+    assert sim.count("stop_campaign") == 2
 
 
 def test_401_signs_a_new_token_once(sim):
@@ -317,7 +454,9 @@ def test_users_in_one_loop_share_one_client_lookup_session_and_token(sim, lookup
     client = clients[0]
     assert client.signer.signed == 1
     assert len({r.headers["auth"] for r in sim.requests}) == 1
-    assert client.requests_sent == 50
+    # Concurrent reads of one campaign share one request: two campaigns, two requests.
+    assert client.requests_sent == 2
+    assert client.pacing.stats()["coalesced"] == 48
     assert sessions[0].closed
     assert client.closed
     assert aio.active_clients() == []

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import threading
+import time
 
 import jwt
 import pytest
 import requests
 
+from airflow_provider_kore import pacing
 from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -47,12 +51,37 @@ def set_conn(monkeypatch, conn_id="kore_default", **extra):
     )
 
 
+class FakeClock:
+    """The pacing clock, moved on by each recorded sleep instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch):
+    """A fake pacing clock, and a fresh process-wide pacer per test."""
+    fake = FakeClock()
+    monkeypatch.setattr(pacing, "clock", fake)
+    pacing.reset_sync_pacers()
+    yield fake
+    pacing.reset_sync_pacers()
+
+
 @pytest.fixture
-def hook(monkeypatch):
+def hook(monkeypatch, clock):
     set_conn(monkeypatch)
     h = KoreHook()
-    h.sleeps = []
-    h._sleep = h.sleeps.append  # record backoff instead of sleeping
+    h.sleeps = clock.sleeps
+    h._sleep = clock.sleep  # record backoff and pacing waits instead of sleeping
     return h
 
 
@@ -257,7 +286,7 @@ def test_401_twice_is_an_auth_error(hook, requests_mock):
 # -- retries ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
+@pytest.mark.parametrize("code", [500, 502, 503, 504])
 def test_retryable_statuses_are_retried_with_backoff(hook, requests_mock, code):
     requests_mock.post(STATUS_URL, [{"status_code": code, "text": "busy"}] * 2 + [{"json": STATUS_BODY}])
     assert hook.get_campaign_status("cd-1")["status"] == "Active"
@@ -275,6 +304,21 @@ def test_other_4xx_are_never_retried(hook, requests_mock, code):
     assert hook.sleeps == []
 
 
+def test_429_pauses_the_connection_without_using_a_retry(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch, max_retries=0)
+    hook = KoreHook()
+    hook._sleep = clock.sleep
+    requests_mock.post(STATUS_URL, [{"status_code": 429, "json": {}}] * 2 + [{"json": STATUS_BODY}])
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert requests_mock.call_count == 3
+    # Paused 2-3 s after the first 429 and 4-6 s after the second (doubling, with jitter), but
+    # at least the learned spacing: nothing was accepted, so the floor of 10 requests/min.
+    assert clock.sleeps[0] >= max(pacing.PAUSE_BASE, 61 / pacing.MIN_RATE_PER_MINUTE) - 1e-6
+    assert sum(clock.sleeps) >= pacing.PAUSE_BASE * 3
+    assert hook.pacer.stats()["pauses"] == 2
+    assert hook.pacer.stats()["rate_limited"] == 2
+
+
 def test_retry_after_is_honoured(hook, requests_mock):
     requests_mock.post(
         STATUS_URL, [{"status_code": 429, "headers": {"Retry-After": "17"}, "json": {}}, {"json": STATUS_BODY}]
@@ -282,6 +326,24 @@ def test_retry_after_is_honoured(hook, requests_mock):
     hook.get_campaign_status("cd-1")
     assert hook.sleeps
     assert hook.sleeps[0] >= 17
+
+
+def test_429s_give_up_at_the_deadline(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch)
+    hook = KoreHook(deadline=time.time() + 100)
+    hook._sleep = clock.sleep
+    requests_mock.post(STATUS_URL, status_code=429, json={"errors": [{"msg": "Rate limit reached"}]})
+    with pytest.raises(KoreRateLimitError, match="before the deadline"):
+        hook.get_campaign_status("cd-1")
+    assert sum(clock.sleeps) <= 100
+    assert requests_mock.call_count > 4  # more than max_retries=3 would allow: 429s are not retries
+
+
+def test_429s_give_up_after_the_patience_without_a_deadline(hook, requests_mock, clock):
+    requests_mock.post(STATUS_URL, status_code=429, json={})
+    with pytest.raises(KoreRateLimitError, match="rate limit"):
+        hook.get_campaign_status("cd-1")
+    assert pacing.RATE_LIMIT_PATIENCE - pacing.PAUSE_MAX * 2 <= sum(clock.sleeps) <= pacing.RATE_LIMIT_PATIENCE
 
 
 def test_huge_retry_after_is_capped(hook, requests_mock):
@@ -292,7 +354,7 @@ def test_huge_retry_after_is_capped(hook, requests_mock):
     assert hook.sleeps == [120.0]
 
 
-@pytest.mark.parametrize(("code", "cls"), [(429, KoreRateLimitError), (500, KoreServerError), (503, KoreServerError)])
+@pytest.mark.parametrize(("code", "cls"), [(500, KoreServerError), (503, KoreServerError)])
 def test_retries_are_bounded_by_max_retries(hook, requests_mock, code, cls):
     requests_mock.post(STATUS_URL, status_code=code, json={"errors": [{"msg": "still busy"}]})
     with pytest.raises(cls, match="still busy"):
@@ -323,6 +385,86 @@ def test_max_retries_override(monkeypatch, requests_mock):
     with pytest.raises(KoreServerError):
         hook.get_campaign_status("cd-1")
     assert requests_mock.call_count == 1
+
+
+# -- the request budget ---------------------------------------------------------------------------
+
+
+def test_the_budget_spaces_requests_evenly(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch, max_requests_per_minute=30)
+    hook = KoreHook()
+    hook._sleep = clock.sleep
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    sent = []
+    for _ in range(40):
+        hook.get_campaign_status("cd-1")
+        sent.append(clock.now)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert min(gaps) == pytest.approx(61 / 30)
+    # Never more than 30 in any rolling minute.
+    assert max(sum(1 for t in sent if start - 60 < t <= start) for start in sent) <= 30
+
+
+def test_hooks_on_one_connection_share_the_budget(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch, max_requests_per_minute=6)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    first, second = KoreHook(), KoreHook()
+    first._sleep = second._sleep = clock.sleep
+    assert first.pacer is second.pacer
+    first.get_campaign_status("cd-1")
+    second.get_campaign_status("cd-1")
+    assert clock.sleeps == [pytest.approx(61 / 6)]
+
+
+def test_other_connections_have_their_own_budget(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch, max_requests_per_minute=6)
+    set_conn(monkeypatch, conn_id="kore_other", max_requests_per_minute=6)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    KoreHook().get_campaign_status("cd-1")
+    KoreHook("kore_other").get_campaign_status("cd-1")
+    assert clock.sleeps == []
+
+
+def test_no_turn_before_the_deadline_is_a_rate_limit_error(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch, max_requests_per_minute=1)
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    hook = KoreHook(deadline=time.time() + 30)
+    hook._sleep = clock.sleep
+    hook.get_campaign_status("cd-1")
+    with pytest.raises(KoreRateLimitError, match="request budget"):
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 1
+    assert clock.sleeps == []  # no point waiting: the turn comes after the deadline
+
+
+def test_threads_take_turns_in_order(monkeypatch, requests_mock):
+    monkeypatch.setattr(pacing, "clock", time.monotonic)
+    set_conn(monkeypatch, max_requests_per_minute=600)  # one request every 0.1 s
+    requests_mock.post(STATUS_URL, json=STATUS_BODY)
+    turns: list[float] = []
+    real_acquire = pacing.SyncPacer.acquire
+
+    def recording_acquire(self, *args, **kwargs):
+        at = real_acquire(self, *args, **kwargs)
+        turns.append(at)
+        return at
+
+    monkeypatch.setattr(pacing.SyncPacer, "acquire", recording_acquire)
+
+    def worker():
+        hook = KoreHook()
+        for _ in range(3):
+            hook.get_campaign_status("cd-1")
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert requests_mock.call_count == 12
+    turns.sort()
+    assert len(turns) == 12
+    assert min(b - a for a, b in itertools.pairwise(turns)) >= 61 / 600 - 1e-6
 
 
 # -- a start whose outcome is unknown --------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 from structlog.testing import capture_logs
 
-from airflow_provider_kore import _compat, aio
+from airflow_provider_kore import _compat, aio, pacing
 from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers import campaign as campaign_module
@@ -21,7 +21,8 @@ from airflow_provider_kore.triggers.campaign import CLASSPATH, KoreCampaignStatu
 CONN_ID = "kore_test"
 SECRET = "trigger-test-client-secret-0123456789abcdef"
 VOICE = "cd-voice-renewal-0001"
-EVENT_KEYS = {"status", "campaign_id", "campaign_status", "data", "message", "polls", "elapsed"}
+EVENT_KEYS = {"status", "campaign_id", "campaign_status", "data", "message", "polls", "elapsed", "counters"}
+COUNTER_KEYS = {"requests", "coalesced", "rate_limited", "pauses"}
 
 
 def set_conn(monkeypatch, sim, password=None, **extra):
@@ -52,8 +53,17 @@ def sleeps(monkeypatch):
         waits["backoff"].append(seconds)
         await asyncio.sleep(0)
 
+    async def pacing_sleep(seconds):
+        waits["pacing"].append(seconds)
+        await asyncio.sleep(0)
+
+    real_clock = time.monotonic
+    waits["pacing"] = []
     monkeypatch.setattr(campaign_module, "_sleep", poll_sleep)
     monkeypatch.setattr(aio, "_sleep", backoff_sleep)
+    # Pacing waits (budget turns, 429 pauses) pass at once: the pacing clock jumps by each one.
+    monkeypatch.setattr(pacing, "_sleep", pacing_sleep)
+    monkeypatch.setattr(pacing, "clock", lambda: real_clock() + sum(waits["pacing"]))
     yield waits
     aio.reset_shared_clients()
 
@@ -102,6 +112,7 @@ def run(trigger):
     assert isinstance(events[0], TriggerEvent)
     payload = events[0].payload
     assert set(payload) == EVENT_KEYS
+    assert set(payload["counters"]) == COUNTER_KEYS
     assert aio.active_clients() == []  # released before the event was handed over
     return payload
 
@@ -119,6 +130,7 @@ def test_success_when_the_campaign_completes(sim):
     assert VOICE in payload["message"]
     assert "Completed" in payload["message"]
     assert isinstance(payload["elapsed"], float)
+    assert payload["counters"] == {"requests": 3, "coalesced": 0, "rate_limited": 0, "pauses": 0}
     json.dumps(payload)  # plain JSON, as the triggerer stores it
 
 
@@ -189,12 +201,13 @@ def test_logs_at_info_only_on_the_first_poll_and_on_change(sim, trigger_logs):
 
 def test_timeout_after_end_time_with_a_last_poll_at_the_end(sim, sleeps):
     sim.add_campaign("cd-forever", campaign_type="voice", status="Active", complete_after_polls=None)
-    payload = run(make("cd-forever", poll_interval=600.0, end_time=time.time() + 0.05))
+    # end_time leaves room for a slow first read (connection lookup, session, JWT) on any Airflow.
+    payload = run(make("cd-forever", poll_interval=600.0, end_time=time.time() + 5.0))
     assert payload["status"] == "timeout"
     assert payload["campaign_status"] == "Active"
     assert payload["polls"] == 2  # the first read, then one at end_time instead of 600 s later
     assert len(sleeps["poll"]) == 1
-    assert sleeps["poll"][0] <= 0.05
+    assert 0 < sleeps["poll"][0] <= 5.0
     assert "cd-forever" in payload["message"]
     assert "'Active'" in payload["message"]
     assert "Completed" in payload["message"]
@@ -278,12 +291,63 @@ def test_rejected_credentials_end_with_an_error_event_at_once(sim, monkeypatch):
     assert "wrong-" not in payload["message"]
 
 
-def test_rate_limit_with_retry_after_is_honoured(sim, monkeypatch, sleeps):
+def test_rate_limit_with_retry_after_pauses_the_connection(sim, monkeypatch, sleeps):
     set_conn(monkeypatch, sim, max_retries=2)
     sim.inject_fault("get_campaign_status", status=429, retry_after=5)
     payload = run(make())
     assert payload["status"] == "success"
-    assert sleeps["backoff"][0] >= 5
+    assert sleeps["backoff"] == []  # not a retry
+    assert sum(sleeps["pacing"]) >= 4.9
+    assert payload["counters"]["rate_limited"] == 1
+    assert payload["counters"]["pauses"] == 1
+
+
+def test_429s_never_use_up_retries_or_tolerated_errors(sim, trigger_logs):
+    sim.inject_fault("get_campaign_status", status=429, times=4)
+    payload = run(make(max_consecutive_errors=0))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 3  # a refused read is not a poll of its own: it waits and reads again
+    assert payload["counters"] == {"requests": 7, "coalesced": 0, "rate_limited": 4, "pauses": 4}
+    assert not [m for m in trigger_logs.messages("warning") if "status read failed" in m]
+
+
+def test_a_pause_past_end_time_ends_with_a_timeout_not_an_error(sim, sleeps):
+    sim.inject_fault("get_campaign_status", status=429, retry_after=100, times=None)
+    payload = run(make(end_time=time.time() + 5.0))
+    assert payload["status"] == "timeout"
+    assert "rate limit" in payload["message"]
+    assert payload["counters"]["rate_limited"] == 1
+    assert sleeps["poll"]
+    assert 0 < sleeps["poll"][-1] <= 5.0  # the wait lasted until end_time
+
+
+def test_the_budget_stretches_the_interval_and_a_wait_past_end_time_times_out(sim, monkeypatch, sleeps):
+    set_conn(monkeypatch, sim, max_requests_per_minute=1)
+    sim.add_campaign("cd-forever", campaign_type="voice", status="Active", complete_after_polls=None)
+    payload = run(make("cd-forever", poll_interval=1.0, end_time=time.time() + 30))
+    assert payload["status"] == "timeout"
+    assert payload["polls"] == 2  # the second read found no turn before end_time
+    assert "request budget" in payload["message"]
+    assert payload["counters"]["requests"] == 1
+    assert sim.count("get_campaign_status") == 1
+
+
+def test_waits_on_one_campaign_share_their_reads(sim):
+    sim.add_campaign("cd-shared", campaign_type="voice", status="Active", complete_after_polls=3)
+
+    async def main():
+        async def one():
+            return [event.payload async for event in make("cd-shared").run()]
+
+        return await asyncio.gather(*(one() for _ in range(20)))
+
+    events = [events[0] for events in asyncio.run(main())]
+    assert all(event["status"] == "success" for event in events)
+    requests = sum(event["counters"]["requests"] for event in events)
+    coalesced = sum(event["counters"]["coalesced"] for event in events)
+    assert requests == sim.count("get_campaign_status")
+    assert requests < 20
+    assert requests + coalesced == sum(event["polls"] for event in events)
 
 
 def test_non_json_answer_ends_with_an_error_event(sim):
@@ -329,7 +393,7 @@ def test_missing_stream_id_ends_with_an_error_event(monkeypatch):
 
 
 def test_unexpected_exception_fails_closed(sim, monkeypatch, trigger_logs):
-    async def boom(self, campaign_id, stream_id=None):
+    async def boom(self, campaign_id, stream_id=None, **kwargs):
         raise RuntimeError(f"boom with {SECRET}")
 
     monkeypatch.setattr(aio.KoreAsyncClient, "get_campaign_status", boom)

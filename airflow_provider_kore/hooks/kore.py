@@ -3,6 +3,10 @@
 URLs come from :data:`airflow_provider_kore.api.ENDPOINTS`, tokens from
 :class:`airflow_provider_kore.auth.JwtSigner`, and exceptions from
 :func:`airflow_provider_kore.api.parse_answer`; this module only sends and retries.
+
+Every request takes its turn from the process's :class:`~airflow_provider_kore.pacing.SyncPacer`
+for the connection: hooks on one connection in one process share its request budget
+(``max_requests_per_minute`` / ``max_requests_per_hour``) and its pause after a 429.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import requests
 from requests.auth import AuthBase
 
-from airflow_provider_kore import api
+from airflow_provider_kore import api, pacing
 from airflow_provider_kore._compat import BaseHook, get_connection, mask_secret
 from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.exceptions import (
@@ -25,6 +29,7 @@ from airflow_provider_kore.exceptions import (
     KoreConnectionError,
     KoreError,
     KoreNotFoundError,
+    KoreRateLimitError,
     redact,
 )
 from airflow_provider_kore.status import RUNNING_STATUSES
@@ -33,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: A campaign id no one uses: the Test button reads its status to check the credentials.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
+#: The Test button waits at most this long for a turn (budget or 429 pause).
+TEST_CONNECTION_DEADLINE = 15.0
 
 
 class KoreAuth(AuthBase):
@@ -98,6 +105,13 @@ class KoreHook(BaseHook):
         ``max_requests_per_minute``, ``max_requests_per_hour``.
     :param timeout: Seconds per request; overrides the connection's ``timeout`` extra.
     :param max_retries: Retries of a failed request; overrides the connection's ``max_retries``.
+        A 429 is not a failure: the connection pauses and the request is sent again after the
+        pause, without using a retry.
+    :param deadline: Epoch seconds (``time.time()``) after which a request still waiting for
+        its turn (the connection's budget, or a pause after a 429) gives up with
+        :class:`~airflow_provider_kore.exceptions.KoreRateLimitError`; a sensor in poke mode
+        passes the end of its timeout. None: each call waits at most
+        :data:`~airflow_provider_kore.pacing.RATE_LIMIT_PATIENCE` seconds (15 minutes).
     """
 
     conn_name_attr = "kore_conn_id"
@@ -111,11 +125,13 @@ class KoreHook(BaseHook):
         *,
         timeout: float | None = None,
         max_retries: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__()
         self.kore_conn_id = kore_conn_id
         self._timeout_override = timeout
         self._max_retries_override = max_retries
+        self.deadline = deadline
         self._sleep = time.sleep
 
     # -- connection form (Airflow 3.0 / 3.1; 3.2+ reads conn-fields from get_provider_info) --------
@@ -190,6 +206,12 @@ class KoreHook(BaseHook):
             algorithm=config.jwt_algorithm,
             per_request=config.jwt_per_request,
         )
+
+    @cached_property
+    def pacer(self) -> pacing.SyncPacer:
+        """The process's turns for this connection (shared with every hook on it)."""
+        config = self.config
+        return pacing.sync_pacer(self.kore_conn_id, config.max_requests_per_minute, config.max_requests_per_hour)
 
     @cached_property
     def _auth(self) -> KoreAuth:
@@ -278,7 +300,12 @@ class KoreHook(BaseHook):
         try:
             config = self.config
             prepared = api.prepare(config, "get_campaign_status", TEST_CONNECTION_CAMPAIGN_ID)
-            self._send(prepared, retry_policy=api.RetryPolicy(max_retries=1), timeout=min(self.timeout, 15.0))
+            self._send(
+                prepared,
+                retry_policy=api.RetryPolicy(max_retries=1),
+                timeout=min(self.timeout, 15.0),
+                deadline=time.time() + TEST_CONNECTION_DEADLINE,
+            )
         except KoreNotFoundError:
             pass
         except KoreAuthError as err:
@@ -314,16 +341,42 @@ class KoreHook(BaseHook):
         *,
         retry_policy: api.RetryPolicy | None = None,
         timeout: float | None = None,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Send with retries; raise :class:`_OutcomeUnknown` for an unanswered non-idempotent call."""
+        """Send with retries, in turn; raise :class:`_OutcomeUnknown` for an unanswered non-idempotent call."""
         policy = retry_policy or self.retry_policy
         timeout = timeout or self.timeout
         secrets = (self.config.client_secret,)
+        pacer = self.pacer
+        deadline = deadline if deadline is not None else self.deadline
+        if deadline is None:
+            until = pacing.clock() + pacing.RATE_LIMIT_PATIENCE
+        else:
+            until = pacing.clock() + (deadline - time.time())
+        session = self.session
+        warm_token = not self.config.jwt_per_request
         retries = 0
         refreshed_token = False
         while True:
+            if warm_token:
+                # Sign before taking the turn, so the request leaves as soon as it is ours.
+                self.signer.token()
             try:
-                response = self.session.request(
+                sent_at = pacer.acquire(until, sleep=self._sleep)
+            except pacing.BudgetExhausted as exc:
+                what = (
+                    "the connection's request budget (max_requests_per_minute / max_requests_per_hour) has no room"
+                    if exc.reason == "budget"
+                    else "Kore.ai's rate limit (429) leaves no room for a request"
+                )
+                raise KoreRateLimitError(
+                    f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r}: {what} "
+                    "before the deadline",
+                    operation=prepared.operation,
+                    campaign_id=prepared.campaign_id,
+                ) from None
+            try:
+                response = session.request(
                     prepared.method,
                     prepared.url,
                     headers=prepared.headers,
@@ -357,6 +410,14 @@ class KoreHook(BaseHook):
                 continue
 
             status = response.status_code
+            if status == 429:
+                # Kore's rolling window is full: every request on the connection pauses, and this
+                # one is sent again after the pause without using a retry.
+                retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
+                pacer.record_rate_limited(sent_at, retry_after)
+                self.log.debug("Kore.ai answered 429 to %s; queued again", prepared.endpoint.label)
+                continue
+            pacer.record_answer(sent_at)
             if status == 401 and not refreshed_token:
                 # A token can be refused early (clock skew, a rotated secret): sign a new one, once.
                 refreshed_token = True

@@ -839,6 +839,32 @@ class KoreSimulator:
             if (operation is None or r.operation == operation) and (status_code is None or r.status_code == status_code)
         )
 
+    def max_requests_in_window(
+        self, window_seconds: float = 60.0, *, operation: str | None = None, status_code: int | None = None
+    ) -> int:
+        """The most logged requests that arrived within any rolling ``window_seconds``.
+
+        Counted as the rate limit counts: a request at ``t`` has left the window ending at
+        ``t + window_seconds``. Filters as in :meth:`count`; refused (429) requests count too
+        unless ``status_code`` says otherwise. Use it to check a client kept to its budget::
+
+            assert sim.max_requests_in_window(60) <= 150
+        """
+        if window_seconds <= 0:
+            raise ValueError(f"window_seconds must be positive; got {window_seconds!r}")
+        times = sorted(
+            r.time
+            for r in self._log
+            if (operation is None or r.operation == operation) and (status_code is None or r.status_code == status_code)
+        )
+        most = 0
+        first = 0
+        for last, arrived in enumerate(times):
+            while times[first] <= arrived - window_seconds:
+                first += 1
+            most = max(most, last - first + 1)
+        return most
+
     def _record(self, record: RequestRecord) -> None:
         self._log.append(record)
         if self.on_request is not None:

@@ -12,7 +12,17 @@ one :class:`TriggerEvent` whose payload is::
         "message": str,  # names the campaign and status; never a secret
         "polls": int,  # status reads made by this run of the trigger
         "elapsed": float,  # seconds this run of the trigger waited
+        "counters": {
+            "requests": int,  # requests this wait's reads put on the wire (retries included)
+            "coalesced": int,  # reads answered by another wait's request or recent answer
+            "rate_limited": int,  # 429 answers to this wait's requests
+            "pauses": int,  # connection-wide 429 pauses while this wait ran
+        },
     }
+
+Waits on one connection share the event loop's request budget and 429 pauses (see
+:mod:`airflow_provider_kore.pacing`); waits on one campaign share their status reads. A 429
+never ends a wait: it pauses the connection, and the read is made after the pause.
 """
 
 from __future__ import annotations
@@ -24,9 +34,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_kore import api
-from airflow_provider_kore.aio import KoreAsyncClient, SharedClient, shared_client
-from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
+from airflow_provider_kore import api, pacing
+from airflow_provider_kore.aio import KoreAsyncClient, SharedClient, WaitCounters, shared_client
+from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, KoreRateLimitError, redact
 from airflow_provider_kore.status import StatusRule, is_known
 
 #: What ``serialize()`` names; the triggerer imports the class from it.
@@ -38,6 +48,13 @@ FAILURE = "failure"
 TIMEOUT = "timeout"
 ERROR = "error"
 EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
+
+#: A status answer another wait on the same campaign got less than this fraction of the poll
+#: interval ago is reused; the next read is then due one interval after that answer, so waits
+#: that started at different times fall into step and share one request per interval.
+COALESCE_FRACTION = 0.5
+#: How long ``on_kill`` may wait for a turn (budget or 429 pause) to send the stop request.
+STOP_DEADLINE = 60.0
 
 
 async def _sleep(seconds: float) -> None:
@@ -69,9 +86,9 @@ class KoreCampaignStatusTrigger(BaseTrigger):
     :param stop_on_kill: Stop the campaign when a user marks the deferred task failed or
         success, or clears it (Airflow 3.3+ calls :meth:`on_kill` then; earlier versions never do).
     :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
-    :param max_consecutive_errors: Transient failures (network, 5xx, 429 after the client's own
+    :param max_consecutive_errors: Transient failures (network, 5xx after the client's own
         retries) tolerated in a row; one more ends the wait with an ``error`` event. A good
-        answer resets the count.
+        answer resets the count. A 429 is not a failure: the connection pauses and reads again.
     """
 
     def __init__(
@@ -143,6 +160,8 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         try:
             async with self._lease as client:
                 secret = client.config.client_secret
+                state.budget = client.pacing.budget
+                state.pauses_before = state.budget.pauses
                 return await self._poll(client, state)
         except asyncio.CancelledError:
             raise
@@ -168,10 +187,23 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         last_error = ""
         unknown_seen: set[str] = set()
         last_read = False
+        max_age = COALESCE_FRACTION * self.poll_interval
+        counters = state.counters
         while True:
             state.polls += 1
+            read_before = counters.seen_at
             try:
-                data = await client.get_campaign_status(campaign, stream_id=self.stream_id)
+                data = await client.get_campaign_status(
+                    campaign, stream_id=self.stream_id, max_age=max_age, deadline=self.end_time, wait=counters
+                )
+            except KoreRateLimitError as exc:
+                # Only raised when no turn comes before end_time (a 429 otherwise just waits).
+                if self.end_time is None:  # cannot happen without a deadline; fail closed all the same
+                    return state.event(ERROR, _about(campaign, exc))
+                remaining = self.end_time - time.time()
+                if remaining > 0:
+                    await _sleep(remaining)
+                return state.event(TIMEOUT, self._timeout_message(state, str(exc)))
             except KoreError as exc:
                 if not exc.transient:  # auth, not found, bad answer, configuration: polling cannot help
                     return state.event(ERROR, _about(campaign, exc))
@@ -214,6 +246,10 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                     )
 
             delay = self.poll_interval
+            if counters.seen_at > read_before:
+                # The next read is due one interval after the answer was asked for (it may be
+                # another wait's, a little older): waits on one campaign fall into step.
+                delay = max(0.0, min(delay, counters.seen_at + delay - pacing.clock()))
             if self.end_time is not None:
                 remaining = self.end_time - time.time()
                 if last_read or remaining <= 0:
@@ -250,7 +286,10 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         try:
             async with shared_client(self.kore_conn_id) as client:
                 answer = await client.stop_campaign(
-                    self.campaign_id, campaign_type=self.campaign_type, stream_id=self.stream_id
+                    self.campaign_id,
+                    campaign_type=self.campaign_type,
+                    stream_id=self.stream_id,
+                    deadline=time.time() + STOP_DEADLINE,
                 )
         except asyncio.CancelledError:
             raise
@@ -274,7 +313,7 @@ def _about(campaign_id: str, exc: KoreError) -> str:
 class _Progress:
     """What one run of the trigger has seen so far; turned into the event payload."""
 
-    __slots__ = ("campaign_id", "data", "polls", "started", "status")
+    __slots__ = ("budget", "campaign_id", "counters", "data", "pauses_before", "polls", "started", "status")
 
     def __init__(self, campaign_id: str) -> None:
         self.campaign_id = campaign_id
@@ -282,6 +321,9 @@ class _Progress:
         self.polls = 0
         self.status: str | None = None
         self.data: dict[str, Any] | None = None
+        self.counters = WaitCounters()
+        self.budget: pacing.Budget | None = None
+        self.pauses_before = 0
 
     def event(self, outcome: str, message: str) -> dict[str, Any]:
         """The one payload shape every event of this trigger has."""
@@ -293,7 +335,13 @@ class _Progress:
             "message": message,
             "polls": self.polls,
             "elapsed": round(time.monotonic() - self.started, 3),
+            "counters": {
+                "requests": self.counters.requests,
+                "coalesced": self.counters.coalesced,
+                "rate_limited": self.counters.rate_limited,
+                "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
+            },
         }
 
 
-__all__ = ["CLASSPATH", "EVENT_STATUSES", "KoreCampaignStatusTrigger"]
+__all__ = ["CLASSPATH", "COALESCE_FRACTION", "EVENT_STATUSES", "KoreCampaignStatusTrigger"]
