@@ -27,6 +27,7 @@ import requests
 
 from airflow_provider_kore.testing import RATE_LIMIT_MESSAGE, KoreSimulator
 from airflow_provider_kore.testing.__main__ import build_parser, main
+from airflow_provider_kore.testing.simulator import DEFAULT_CLIENT_SECRET
 
 # The simulator's default secret is shorter than PyJWT's recommended 32 bytes: signing warns.
 # Short secrets on purpose; the warning class only exists in PyJWT >= 2.11, so match its text.
@@ -981,7 +982,8 @@ def test_airflow_conn_json_parses(kore_simulator: KoreSimulator) -> None:
     assert conn.conn_type == "kore"
     assert conn.host == kore_simulator.url
     assert conn.login == "kore-sim-client"
-    assert conn.password == "kore-sim-secret-please-change"
+    assert conn.password == DEFAULT_CLIENT_SECRET
+    assert len(DEFAULT_CLIENT_SECRET.encode()) >= 64  # a full-length HS512 key
     assert conn.extra_dejson == {
         "account_id": "sim-account-0001",
         "stream_id": "st-sim-0001",

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_kore.testing.simulator import CAMPAIGN_TYPES, KoreSimulator, RequestRecord
+from airflow_provider_kore.testing.simulator import CAMPAIGN_TYPES, DEFAULT_CLIENT_SECRET, KoreSimulator, RequestRecord
 
 
 def _campaign(value: str) -> dict[str, Any]:
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--port", type=int, default=8765, help="TCP port (0 picks a free one). Default 8765.")
     parser.add_argument("--client-id", default="kore-sim-client", help="JWT app client id (the appId claim).")
-    parser.add_argument("--client-secret", default="kore-sim-secret-please-change", help="JWT app client secret.")
+    parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET, help="JWT app client secret.")
     parser.add_argument("--account-id", default="sim-account-0001", help="Expected accountId.")
     parser.add_argument("--stream-id", default="st-sim-0001", help="Expected stream (bot) id in paths.")
     parser.add_argument(

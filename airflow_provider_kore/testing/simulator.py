@@ -70,6 +70,10 @@ OPERATIONS = ("get_campaign_status", "get_campaign", "start_campaign", "stop_cam
 RATE_LIMIT_MESSAGE = "Rate limit for this API has been reached. Please try again later"
 #: The only address the simulator listens on.
 LOOPBACK = "127.0.0.1"
+#: The simulator's default client secret: 64 bytes, so HS512 has a full-length key (PyJWT warns
+#: below that). Not a secret of anything real.
+DEFAULT_CLIENT_SECRET = "kore-simulator-client-secret-for-local-tests-only-please-change-0"
+
 #: JWT algorithms Kore.ai accepts for an app's client secret.
 JWT_ALGORITHMS = ("HS256", "HS512")
 CAMPAIGN_TYPES = ("sms", "voice")
@@ -456,7 +460,7 @@ class KoreSimulator:
         self,
         *,
         client_id: str = "kore-sim-client",
-        client_secret: str = "kore-sim-secret-please-change",  # noqa: S107 - a test fixture's secret
+        client_secret: str = DEFAULT_CLIENT_SECRET,
         account_id: str = "sim-account-0001",
         stream_id: str = "st-sim-0001",
         port: int = 0,
