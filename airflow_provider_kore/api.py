@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -33,8 +32,15 @@ from airflow_provider_kore.exceptions import (
     redact,
 )
 
-DEFAULT_CONN_ID = "kore_default"
-CAMPAIGN_TYPES = ("sms", "voice")
+# Ids, campaign types and the default connection id live in a module without dataclasses, so the
+# operators and the sensor can check their arguments at DAG-parse time without importing this one.
+from airflow_provider_kore.ids import (  # noqa: F401 - re-exported: api.validate_id, api.DEFAULT_CONN_ID...
+    CAMPAIGN_TYPES,
+    DEFAULT_CONN_ID,
+    MAX_ID_LENGTH,
+    validate_campaign_type,
+    validate_id,
+)
 
 
 @dataclass(frozen=True)
@@ -84,39 +90,6 @@ ENDPOINTS: dict[str, Endpoint] = {
         label="stop campaign",
     ),
 }
-
-# ---------------------------------------------------------------------------------------------
-# Input validation: a clear error before any request is sent.
-
-MAX_ID_LENGTH = 128
-_BAD_ID_CHARS = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
-
-
-def validate_id(name: str, value: object) -> str:
-    """Return ``value`` if it is usable as a path segment or header, else raise naming ``name``."""
-    if not isinstance(value, str):
-        raise KoreConfigurationError(f"{name} must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise KoreConfigurationError(f"{name} must not be empty")
-    if len(value) > MAX_ID_LENGTH:
-        raise KoreConfigurationError(f"{name} is {len(value)} characters long; at most {MAX_ID_LENGTH}")
-    bad = _BAD_ID_CHARS.search(value)
-    if bad:
-        raise KoreConfigurationError(
-            f"{name} {value!r} contains {bad.group()!r}; ids may not contain / ? # % \\, "
-            "whitespace or control characters"
-        )
-    if ".." in value:
-        raise KoreConfigurationError(f"{name} {value!r} must not contain '..'")
-    return value
-
-
-def validate_campaign_type(value: object) -> str:
-    """``"sms"`` or ``"voice"`` (case-insensitive), returned lower-case."""
-    if isinstance(value, str) and value.strip().lower() in CAMPAIGN_TYPES:
-        return value.strip().lower()
-    raise KoreConfigurationError(f"campaign_type must be one of {', '.join(CAMPAIGN_TYPES)}; got {value!r}")
-
 
 # ---------------------------------------------------------------------------------------------
 # The connection.

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow_provider_kore import api
+from airflow_provider_kore import ids
 from airflow_provider_kore._compat import BaseOperator, default_deferrable
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -125,7 +125,7 @@ class _KoreCampaignOperator(BaseOperator):
 
     ui_color = "#dcebf7"
 
-    def __init__(self, *, kore_conn_id: str = api.DEFAULT_CONN_ID, **kwargs: Any) -> None:
+    def __init__(self, *, kore_conn_id: str = ids.DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.kore_conn_id = kore_conn_id
 
@@ -201,7 +201,7 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         campaign_id: str,
         campaign_type: str = "sms",
         stream_id: str | None = None,
-        kore_conn_id: str = api.DEFAULT_CONN_ID,
+        kore_conn_id: str = ids.DEFAULT_CONN_ID,
         wait_for_completion: bool = False,
         target_statuses: str | Iterable[str] = DEFAULT_TARGET_STATUSES,
         failure_statuses: str | Iterable[str] | None = None,
@@ -213,7 +213,7 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     ) -> None:
         super().__init__(kore_conn_id=kore_conn_id, **kwargs)
         self.campaign_id = campaign_id
-        self.campaign_type = api.validate_campaign_type(campaign_type)
+        self.campaign_type = ids.validate_campaign_type(campaign_type)
         self.stream_id = stream_id
         self.wait_for_completion = bool(wait_for_completion)
         self.target_statuses = target_statuses
@@ -448,12 +448,12 @@ class KoreStopCampaignOperator(_KoreCampaignOperator):
         campaign_id: str,
         campaign_type: str = "voice",
         stream_id: str | None = None,
-        kore_conn_id: str = api.DEFAULT_CONN_ID,
+        kore_conn_id: str = ids.DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(kore_conn_id=kore_conn_id, **kwargs)
         self.campaign_id = campaign_id
-        self.campaign_type = api.validate_campaign_type(campaign_type)
+        self.campaign_type = ids.validate_campaign_type(campaign_type)
         self.stream_id = stream_id
         validate_id_unless_template("campaign_id", campaign_id)
         validate_id_unless_template("stream_id", stream_id, optional=True)

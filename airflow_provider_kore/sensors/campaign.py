@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_kore import api
+from airflow_provider_kore import ids
 from airflow_provider_kore._compat import (
     AirflowFailException,
     AirflowSensorTimeout,
@@ -65,17 +65,17 @@ def validate_id_unless_template(name: str, value: object, *, optional: bool = Fa
     """Check an id at DAG-parse time, unless it is only known at run time (then it is checked in ``execute``)."""
     if (value is None and optional) or is_template(value):
         return
-    api.validate_id(name, value)
+    ids.validate_id(name, value)
 
 
 def rendered_id(name: str, value: object) -> str:
     """The id after rendering, validated (a template that rendered to garbage is refused here)."""
-    return api.validate_id(name, value)
+    return ids.validate_id(name, value)
 
 
 def rendered_optional_id(name: str, value: object) -> str | None:
     """An optional id (None stays None) after rendering, validated."""
-    return None if value is None else api.validate_id(name, value)
+    return None if value is None else ids.validate_id(name, value)
 
 
 def status_rule_unless_template(target_statuses: object, failure_statuses: object) -> StatusRule | None:
@@ -291,7 +291,7 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         target_statuses: str | Iterable[str] = DEFAULT_TARGET_STATUSES,
         failure_statuses: str | Iterable[str] | None = None,
         stream_id: str | None = None,
-        kore_conn_id: str = api.DEFAULT_CONN_ID,
+        kore_conn_id: str = ids.DEFAULT_CONN_ID,
         deferrable: bool | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         **kwargs: Any,

@@ -1,0 +1,46 @@
+"""Campaign and stream ids, campaign types, the default connection id: checked before any request.
+
+Plain Python with one regular expression and nothing else: the operators and the sensor import
+this at DAG-parse time to refuse a bad id early. :mod:`airflow_provider_kore.api` re-exports
+every name, so ``api.validate_id`` and ``api.DEFAULT_CONN_ID`` keep working.
+"""
+
+from __future__ import annotations
+
+import re
+
+from airflow_provider_kore.exceptions import KoreConfigurationError
+
+DEFAULT_CONN_ID = "kore_default"
+CAMPAIGN_TYPES = ("sms", "voice")
+MAX_ID_LENGTH = 128
+_BAD_ID_CHARS = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
+
+
+def validate_id(name: str, value: object) -> str:
+    """Return ``value`` if it is usable as a path segment or header, else raise naming ``name``."""
+    if not isinstance(value, str):
+        raise KoreConfigurationError(f"{name} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise KoreConfigurationError(f"{name} must not be empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise KoreConfigurationError(f"{name} is {len(value)} characters long; at most {MAX_ID_LENGTH}")
+    bad = _BAD_ID_CHARS.search(value)
+    if bad:
+        raise KoreConfigurationError(
+            f"{name} {value!r} contains {bad.group()!r}; ids may not contain / ? # % \\, "
+            "whitespace or control characters"
+        )
+    if ".." in value:
+        raise KoreConfigurationError(f"{name} {value!r} must not contain '..'")
+    return value
+
+
+def validate_campaign_type(value: object) -> str:
+    """``"sms"`` or ``"voice"`` (case-insensitive), returned lower-case."""
+    if isinstance(value, str) and value.strip().lower() in CAMPAIGN_TYPES:
+        return value.strip().lower()
+    raise KoreConfigurationError(f"campaign_type must be one of {', '.join(CAMPAIGN_TYPES)}; got {value!r}")
+
+
+__all__ = ["CAMPAIGN_TYPES", "DEFAULT_CONN_ID", "MAX_ID_LENGTH", "validate_campaign_type", "validate_id"]
