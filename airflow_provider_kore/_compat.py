@@ -8,8 +8,8 @@ DAG-parse time.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:  # Airflow 3.1+
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
@@ -39,6 +39,8 @@ except ImportError:  # Airflow 3.0
     from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 from airflow.sdk import BaseOperator, BaseSensorOperator
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection
@@ -83,14 +85,34 @@ def get_connection(conn_id: str) -> Connection:
     return BaseHook.get_connection(conn_id)
 
 
-async def aget_connection(conn_id: str) -> Connection:
-    """Look a connection up without blocking the triggerer's event loop."""
-    aget: Callable[[str], Awaitable[Any]] | None = getattr(BaseHook, "aget_connection", None)
-    if aget is not None:  # Airflow 3.1+
-        return await aget(conn_id)
-    from asgiref.sync import sync_to_async  # Airflow 3.0: run the sync lookup in a thread
+async def amask_secret(value: str) -> None:
+    """:func:`mask_secret` for code on an event loop (the triggerer's).
 
-    return await sync_to_async(BaseHook.get_connection)(conn_id)
+    The synchronous masker also tells the supervisor, and in a triggerer that message must not
+    block the loop: Airflow 3.3 refuses it ("DeadlockImminentError") or stalls every trigger, and
+    3.0's comms raise "You cannot use AsyncToSync in the same thread as an async event loop".
+    So: Airflow's own async masker where the release has one, else the sync one in a worker thread.
+    """
+    try:
+        from airflow.sdk.log import amask_secret as amask
+    except ImportError:  # before Airflow 3.3
+        await run_sync(mask_secret, value)
+        return
+    try:
+        await amask(value)
+    except Exception:  # best effort, as mask_secret
+        return
+
+
+async def run_sync(func: Callable[..., T], *args: Any) -> T:
+    """Run a synchronous Airflow call (a connection lookup, masking) off the event loop.
+
+    Such calls may block on the task supervisor; in a worker thread that is safe on every Airflow 3
+    release (``asgiref`` routes the supervisor message back through the loop), on the loop it is not.
+    """
+    from asgiref.sync import sync_to_async
+
+    return await sync_to_async(func)(*args)
 
 
 def trigger_supports_on_kill() -> bool:
@@ -109,10 +131,11 @@ __all__ = [
     "BaseOperator",
     "BaseSensorOperator",
     "TaskDeferred",
-    "aget_connection",
+    "amask_secret",
     "conf_getboolean",
     "default_deferrable",
     "get_connection",
     "mask_secret",
+    "run_sync",
     "trigger_supports_on_kill",
 ]

@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import _compat, api, pacing
 from airflow_provider_kore.auth import JwtSigner
-from airflow_provider_kore.exceptions import KoreConfigurationError, KoreConnectionError, KoreRateLimitError
+from airflow_provider_kore.exceptions import (
+    KoreConfigurationError,
+    KoreConnectionError,
+    KoreRateLimitError,
+    Secrets,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -92,6 +97,8 @@ class KoreAsyncClient:
         self.kore_conn_id = kore_conn_id
         self._config: api.KoreConnectionConfig | None = None
         self._signer: JwtSigner | None = None
+        # Tokens signed on the loop, waiting for _token() to hand them to the masker.
+        self._unmasked_tokens: list[str] = []
         self._policy = api.RetryPolicy()
         self._session: aiohttp.ClientSession | None = None
         self._proxy: Any = None
@@ -277,9 +284,8 @@ class KoreAsyncClient:
 
     async def _lookup(self) -> api.KoreConnectionConfig:
         self.connection_lookups += 1
-        config = api.KoreConnectionConfig.from_connection(await _compat.aget_connection(self.kore_conn_id))
-        _compat.mask_secret(config.client_secret)
-        return config
+        # In a worker thread: Airflow's lookup and masker may block on the supervisor.
+        return await _compat.run_sync(api.KoreConnectionConfig.load, self.kore_conn_id)
 
     def _set_config(self, config: api.KoreConnectionConfig) -> None:
         self._config = config
@@ -288,6 +294,8 @@ class KoreAsyncClient:
             config.client_secret,
             algorithm=config.jwt_algorithm,
             per_request=config.jwt_per_request,
+            # Signed on the loop: the masker must not block it, see _token().
+            mask=self._unmasked_tokens.append,
         )
         self._policy = api.RetryPolicy(max_retries=config.max_retries)
         self._prepared.clear()
@@ -337,6 +345,13 @@ class KoreAsyncClient:
 
     # -- sending ------------------------------------------------------------------------------
 
+    async def _token(self) -> str:
+        """The signer's token; one signed just now is registered with the masker first."""
+        token = self.signer.token()
+        while self._unmasked_tokens:
+            await _compat.amask_secret(self._unmasked_tokens.pop())
+        return token
+
     def _prepare(
         self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
     ) -> api.PreparedCall:
@@ -376,7 +391,7 @@ class KoreAsyncClient:
         while True:
             if not config.jwt_per_request:
                 # Sign before taking the turn, so the request leaves as soon as it is ours.
-                self.signer.token()
+                await self._token()
             try:
                 sent_at = await pacer.acquire(until)
             except pacing.BudgetExhausted as exc:
@@ -388,7 +403,7 @@ class KoreAsyncClient:
                 ) from None
             session = self.session
             signer = self.signer
-            token = signer.token()
+            token = await self._token()
             self.requests_sent += 1
             if wait is not None:
                 wait.requests += 1
@@ -450,7 +465,7 @@ class KoreAsyncClient:
                 await self._backoff(prepared, f"HTTP {status}", retries, api.parse_retry_after(retry_after))
                 continue
             answer = api.parse_answer(
-                prepared, status, body, retry_after=retry_after, secrets=(config.client_secret, token)
+                prepared, status, body, retry_after=retry_after, secrets=Secrets(config.client_secret, token)
             )
             return answer, sent_at
 

@@ -29,7 +29,7 @@ from airflow_provider_kore.exceptions import (
     KoreNotFoundError,
     KoreRateLimitError,
     KoreServerError,
-    redact,
+    Secrets,
 )
 
 # Ids, campaign types and the default connection id live in a module without dataclasses, so the
@@ -169,6 +169,19 @@ class KoreConnectionConfig:
     jwt_per_request: bool = False
     max_requests_per_minute: int | None = None
     max_requests_per_hour: int | None = None
+
+    @classmethod
+    def load(cls, conn_id: str) -> KoreConnectionConfig:
+        """Look the connection up, validate it, and register its secret with the masker.
+
+        Synchronous: Airflow's lookup and masker may wait on the task supervisor. The hook calls
+        it directly; on an event loop run it in a worker thread (``_compat.run_sync``).
+        """
+        from airflow_provider_kore._compat import get_connection, mask_secret
+
+        config = cls.from_connection(get_connection(conn_id))
+        mask_secret(config.client_secret)
+        return config
 
     @classmethod
     def from_connection(cls, conn: Any) -> KoreConnectionConfig:
@@ -329,9 +342,13 @@ def parse_answer(
     body: bytes | str,
     *,
     retry_after: str | None = None,
-    secrets: tuple[str | None, ...] = (),
+    secrets: Secrets | None = None,
 ) -> dict[str, Any]:
-    """Return the JSON object of a good answer; raise the matching :class:`KoreApiError` otherwise."""
+    """Return the JSON object of a good answer; raise the matching :class:`KoreApiError` otherwise.
+
+    ``secrets`` are removed from every message (JWTs always are).
+    """
+    scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     try:
         payload: Any = json.loads(text) if text.strip() else None
@@ -346,12 +363,12 @@ def parse_answer(
         kore_msg = kore_error_text(payload) if parsed else None
         detail = kore_msg or (_snippet(text) if text.strip() else "no error text")
         cls = _STATUS_CLASSES.get(status_code) or (KoreServerError if status_code >= 500 else KoreApiError)
-        message = redact(f"{where} failed: HTTP {status_code}: {detail}", *secrets)
+        message = scrub(f"{where} failed: HTTP {status_code}: {detail}")
         kwargs: dict[str, Any] = {
             "operation": call.operation,
             "campaign_id": call.campaign_id,
             "status_code": status_code,
-            "kore_message": redact(kore_msg, *secrets) if kore_msg else None,
+            "kore_message": scrub(kore_msg) if kore_msg else None,
         }
         if cls is KoreRateLimitError:
             kwargs["retry_after"] = parse_retry_after(retry_after)
@@ -365,7 +382,7 @@ def parse_answer(
         else:
             shape = "non-JSON text " + _snippet(text)
         raise KoreBadResponseError(
-            redact(f"{where}: HTTP {status_code} with {shape}; expected a JSON object", *secrets),
+            scrub(f"{where}: HTTP {status_code} with {shape}; expected a JSON object"),
             operation=call.operation,
             campaign_id=call.campaign_id,
             status_code=status_code,
@@ -373,11 +390,11 @@ def parse_answer(
     if str(payload.get("status", "")).lower() == "failure":
         kore_msg = kore_error_text(payload) or "no error text"
         raise KoreApiError(
-            redact(f"{where} failed: Kore answered status 'failure': {kore_msg}", *secrets),
+            scrub(f"{where} failed: Kore answered status 'failure': {kore_msg}"),
             operation=call.operation,
             campaign_id=call.campaign_id,
             status_code=status_code,
-            kore_message=redact(kore_msg, *secrets),
+            kore_message=scrub(kore_msg),
         )
     if call.endpoint.returns_data:
         data = payload.get("data")

@@ -33,6 +33,7 @@ class JwtSigner:
         per_request: bool = False,
         lifetime: float = TOKEN_LIFETIME,
         clock: Callable[[], float] = time.time,
+        mask: Callable[[str], None] = mask_secret,
     ) -> None:
         self._client_id = client_id
         self._secret = client_secret
@@ -40,6 +41,7 @@ class JwtSigner:
         self._per_request = per_request
         self._lifetime = lifetime
         self._clock = clock
+        self._mask = mask
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -78,5 +80,5 @@ class JwtSigner:
         }
         token = jwt.encode(claims, self._secret, algorithm=self._algorithm)
         self.signed += 1
-        mask_secret(token)
+        self._mask(token)
         return token

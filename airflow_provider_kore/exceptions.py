@@ -41,6 +41,26 @@ def redact(text: str, *secrets: str | None) -> str:
     return text
 
 
+class Secrets:
+    """The values :func:`redact` must remove from one call's messages, kept out of every repr.
+
+    Handed around instead of a tuple of strings: a traceback that prints its frames' locals
+    (Airflow 3.0's ``dag.test()`` does, unmasked) shows ``Secrets(***)``, not the client secret.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, *values: str | None) -> None:
+        self._values = tuple(value for value in values if value)
+
+    def __repr__(self) -> str:
+        return "Secrets(***)"
+
+    def redact(self, text: str) -> str:
+        """:func:`redact` with these values."""
+        return redact(text, *self._values)
+
+
 class KoreError(AirflowException):
     """Base class of every error this provider raises."""
 
@@ -150,5 +170,6 @@ __all__ = [
     "KoreNotFoundError",
     "KoreRateLimitError",
     "KoreServerError",
+    "Secrets",
     "redact",
 ]

@@ -13,7 +13,7 @@ import time
 import jwt
 import pytest
 
-from airflow_provider_kore import _compat, aio, api, pacing
+from airflow_provider_kore import aio, api, pacing
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -81,16 +81,16 @@ def pacing_waits(monkeypatch):
 
 @pytest.fixture
 def lookups(monkeypatch):
-    """Count connection lookups (each one also yields to the loop, as a real lookup would)."""
+    """Count connection lookups (each one takes a while in its worker thread, as a real one may)."""
     calls: list[str] = []
-    real = _compat.aget_connection
+    real = api.KoreConnectionConfig.load
 
-    async def counting(conn_id):
+    def counting(conn_id):
         calls.append(conn_id)
-        await asyncio.sleep(0.01)
-        return await real(conn_id)
+        time.sleep(0.01)
+        return real(conn_id)
 
-    monkeypatch.setattr(_compat, "aget_connection", counting)
+    monkeypatch.setattr(api.KoreConnectionConfig, "load", counting)
     return calls
 
 

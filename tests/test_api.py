@@ -16,6 +16,7 @@ from airflow_provider_kore.exceptions import (
     KoreNotFoundError,
     KoreRateLimitError,
     KoreServerError,
+    Secrets,
 )
 
 SECRET = "s3cr3t-client-secret-value"
@@ -334,7 +335,7 @@ def test_secrets_and_jwts_in_kores_text_are_redacted():
     token = "eyJhbGciOiJIUzI1NiJ9.eyJhcHBJZCI6ImNzIn0.c2lnbmF0dXJlLXZhbHVl"
     body = json.dumps({"errors": [{"msg": f"bad token {token} for secret {SECRET}"}]})
     with pytest.raises(KoreAuthError) as err:
-        api.parse_answer(status_call(), 401, body, secrets=(SECRET,))
+        api.parse_answer(status_call(), 401, body, secrets=Secrets(SECRET))
     assert token not in str(err.value)
     assert SECRET not in str(err.value)
     assert token not in (err.value.kore_message or "")
@@ -379,3 +380,11 @@ def test_only_429_and_5xx_gateway_errors_are_retried():
         504,
     ]
     assert not policy.should_retry(503, 2)
+
+
+def test_secrets_never_show_in_a_repr():
+    """Tracebacks that print locals (Airflow 3.0's dag.test) show the holder, not the values."""
+    secrets = Secrets(SECRET, None, "")
+    assert SECRET not in repr(secrets)
+    assert SECRET not in repr({"secrets": secrets})
+    assert secrets.redact(f"echo {SECRET}") == "echo ***"

@@ -12,7 +12,7 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 from structlog.testing import capture_logs
 
-from airflow_provider_kore import _compat, aio, pacing
+from airflow_provider_kore import aio, api, pacing
 from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers import campaign as campaign_module
@@ -190,10 +190,15 @@ def test_logs_at_info_only_on_the_first_poll_and_on_change(sim, trigger_logs):
     sim.add_campaign("cd-slow", campaign_type="voice", status="Active", complete_after_polls=5)
     payload = run(make("cd-slow"))
     assert payload["polls"] == 5
-    assert trigger_logs.messages("info") == [
-        "Kore.ai campaign cd-slow is Active (poll 1)",
-        "Kore.ai campaign cd-slow is Completed (poll 5)",
-    ]
+    # The read that ends the wait is told by the event (and the task's log), not by a line per wait.
+    assert trigger_logs.messages("info") == ["Kore.ai campaign cd-slow is Active (poll 1)"]
+    assert "reached 'Completed' after 5 poll(s)" in payload["message"]
+
+
+def test_a_wait_ended_by_its_first_read_writes_no_info_line(sim, trigger_logs):
+    sim.add_campaign("cd-done", campaign_type="voice", status="Completed")
+    assert run(make("cd-done"))["status"] == "success"
+    assert trigger_logs.messages("info") == []
 
 
 # -- end_time ---------------------------------------------------------------------------------
@@ -430,14 +435,14 @@ def test_no_secret_or_token_in_events_or_logs(sim, monkeypatch, caplog, trigger_
 
 def test_many_triggers_share_one_lookup_session_and_token(sim, monkeypatch):
     lookups = []
-    real_lookup = _compat.aget_connection
+    real_lookup = api.KoreConnectionConfig.load
 
-    async def counting_lookup(conn_id):
+    def counting_lookup(conn_id):
         lookups.append(conn_id)
-        await asyncio.sleep(0.01)
-        return await real_lookup(conn_id)
+        time.sleep(0.01)
+        return real_lookup(conn_id)
 
-    monkeypatch.setattr(_compat, "aget_connection", counting_lookup)
+    monkeypatch.setattr(api.KoreConnectionConfig, "load", counting_lookup)
     import aiohttp
 
     sessions = []
@@ -603,3 +608,50 @@ def test_cancellation_propagates_and_releases_the_client_then_on_kill_stops(sim)
     assert asyncio.run(main()) == []
     assert sim.status_of("cd-long") == "Stopped"
     assert aio.active_clients() == []
+
+
+# -- nothing blocks the triggerer's loop on the supervisor --------------------------------------
+
+
+class _SupervisorComms:
+    """Stands in for the triggerer's channel to its supervisor, as the task SDK finds it.
+
+    A synchronous ``send`` from a thread that runs an event loop is what deadlocks a real
+    triggerer (3.3 stalls the loop, 3.0 raises "cannot use AsyncToSync in the same thread as an
+    async event loop"); it is recorded here so the test can fail on it.
+    """
+
+    def __init__(self) -> None:
+        self.sent_on_loop: list[str] = []
+        self.masked: list[object] = []
+
+    def _record(self, msg: object, *, on_loop: bool) -> None:
+        if on_loop:
+            self.sent_on_loop.append(type(msg).__name__)
+        if type(msg).__name__ == "MaskSecret":
+            self.masked.append(getattr(msg, "value", None))
+
+    def send(self, msg: object) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._record(msg, on_loop=False)
+        else:
+            self._record(msg, on_loop=True)
+
+    async def asend(self, msg: object) -> None:
+        self._record(msg, on_loop=False)
+
+
+def test_masking_and_lookup_never_block_the_loop_on_the_supervisor(sim, monkeypatch):
+    from airflow.sdk.execution_time import task_runner
+
+    comms = _SupervisorComms()
+    monkeypatch.setattr(task_runner, "SUPERVISOR_COMMS", comms, raising=False)
+    payloads = [run(make(VOICE, target_statuses=["Active"])) for _ in range(2)]
+
+    assert [p["status"] for p in payloads] == ["success", "success"]
+    assert comms.sent_on_loop == []
+    # Still masked: the client secret and the signed token reached the supervisor's masker.
+    assert SECRET in comms.masked
+    assert any(isinstance(value, str) and value.startswith("eyJ") for value in comms.masked)

@@ -20,7 +20,7 @@ import requests
 from requests.auth import AuthBase
 
 from airflow_provider_kore import api, pacing
-from airflow_provider_kore._compat import BaseHook, get_connection, mask_secret
+from airflow_provider_kore._compat import BaseHook
 from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -30,6 +30,7 @@ from airflow_provider_kore.exceptions import (
     KoreError,
     KoreNotFoundError,
     KoreRateLimitError,
+    Secrets,
     redact,
 )
 from airflow_provider_kore.status import RUNNING_STATUSES
@@ -184,9 +185,7 @@ class KoreHook(BaseHook):
     @cached_property
     def config(self) -> api.KoreConnectionConfig:
         """The connection, validated (raises :class:`KoreConfigurationError` naming a missing field)."""
-        config = api.KoreConnectionConfig.from_connection(get_connection(self.kore_conn_id))
-        mask_secret(config.client_secret)
-        return config
+        return api.KoreConnectionConfig.load(self.kore_conn_id)
 
     @property
     def timeout(self) -> float:
@@ -346,7 +345,7 @@ class KoreHook(BaseHook):
         """Send with retries, in turn; raise :class:`_OutcomeUnknown` for an unanswered non-idempotent call."""
         policy = retry_policy or self.retry_policy
         timeout = timeout or self.timeout
-        secrets = (self.config.client_secret,)
+        secrets = Secrets(self.config.client_secret)
         pacer = self.pacer
         deadline = deadline if deadline is not None else self.deadline
         if deadline is None:

@@ -224,12 +224,14 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             else:
                 errors = 0
                 status = data["status"]
-                if status != state.status or state.polls == 1:
+                verdict = self.rule.verdict(status)
+                # Info when a wait goes on in a new status; a read that ends the wait is said by
+                # its event (the task logs it), so a thousand waits ending write no extra lines.
+                if verdict == "waiting" and (status != state.status or state.polls == 1):
                     self.log.info("Kore.ai campaign %s is %s (poll %d)", campaign, status, state.polls)
                 else:
-                    self.log.debug("Kore.ai campaign %s is still %s (poll %d)", campaign, status, state.polls)
+                    self.log.debug("Kore.ai campaign %s is %s (poll %d)", campaign, status, state.polls)
                 state.status, state.data = status, data
-                verdict = self.rule.verdict(status)
                 if verdict == "success":
                     return state.event(
                         SUCCESS, f"Kore.ai campaign {campaign!r} reached {status!r} after {state.polls} poll(s)"
