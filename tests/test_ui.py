@@ -46,8 +46,8 @@ pytestmark = pytest.mark.e2e
 AIRFLOW_VERSION = tuple(int(part) for part in airflow.__version__.split(".")[:2])
 REPO = Path(__file__).resolve().parent.parent
 #: The docs' screenshot of the form (Airflow 3.0/3.1 build the form differently).
-DOCS_SCREENSHOT = REPO / "docs" / (
-    "connection-form.png" if AIRFLOW_VERSION >= (3, 2) else "connection-form-airflow-3.0.png"
+DOCS_SCREENSHOT = (
+    REPO / "docs" / ("connection-form.png" if AIRFLOW_VERSION >= (3, 2) else "connection-form-airflow-3.0.png")
 )
 
 STANDARD_LABELS = {"host": "Platform URL", "login": "Client ID", "password": "Client Secret"}
