@@ -354,3 +354,14 @@ def test_event_messages_are_redacted():
             event("error", None, message=f"refused token {jwt_like}"), "cd-1", StatusRule.build("Completed")
         )
     assert jwt_like not in str(err.value)
+
+
+def test_the_hook_gives_up_waiting_for_a_turn_when_the_sensor_times_out():
+    """Under Kore's rate limit a poke waits for its turn, but never beyond the sensor's timeout."""
+    from airflow_provider_kore.hooks.kore import KoreHook
+
+    sensor = KoreCampaignStatusSensor(task_id="wait", campaign_id="cd-1", timeout=600, poke_interval=5)
+    before = time.time()
+    hook = sensor.hook
+    assert isinstance(hook, KoreHook)
+    assert before + 600 <= hook.deadline <= time.time() + 600

@@ -312,10 +312,14 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> KoreHook:
-        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker)."""
+        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker).
+
+        A request waiting for its turn under Kore's rate limit (see the connection's request
+        budget) gives up when the sensor's own ``timeout`` would have run out, not later.
+        """
         from airflow_provider_kore.hooks.kore import KoreHook
 
-        return KoreHook(kore_conn_id=self.kore_conn_id)
+        return KoreHook(kore_conn_id=self.kore_conn_id, deadline=time.time() + float(self.timeout))
 
     @cached_property
     def _watch(self) -> CampaignStatusWatch:
