@@ -7,9 +7,15 @@ pytest plugin, ``airflow_provider_kore.testing.pytest_plugin``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,3 +79,64 @@ def airflow_context() -> Callable[..., dict[str, Any]]:
         }
 
     return build
+
+
+# ---------------------------------------------------------------------------------------------
+# End-to-end runs through real Airflow (tests/test_e2e_*.py): one migrated SQLite metadata DB
+# per session, copied into a throwaway AIRFLOW_HOME per deployment.
+
+
+@dataclass
+class E2EAirflow:
+    """Builds throwaway Airflow homes from one ``airflow db migrate`` done per test session."""
+
+    root: Path
+    template_db: Path
+    migrate_seconds: float
+
+    def new_home(self, name: str) -> Path:
+        """A fresh AIRFLOW_HOME holding a copy of the migrated metadata DB."""
+        home = self.root / name
+        home.mkdir(parents=True)
+        shutil.copyfile(self.template_db, home / "airflow.db")
+        return home
+
+    @staticmethod
+    def env(home: Path, dags_folder: Path, **overrides: str) -> dict[str, str]:
+        """The environment of an Airflow process on ``home``: SQLite, no examples, no inherited config."""
+        return e2e_airflow_env(home, dags_folder, **overrides)
+
+
+def e2e_airflow_env(home: Path, dags_folder: Path, **overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "KORE_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(dags_folder),
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
+        AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        PYTHONWARNINGS="ignore",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def e2e_airflow(tmp_path_factory: pytest.TempPathFactory) -> E2EAirflow:
+    """``airflow db migrate`` once per session (a few seconds on SQLite); homes copy the result."""
+    root = tmp_path_factory.mktemp("e2e_airflow")
+    template = root / "template"
+    template.mkdir()
+    env = e2e_airflow_env(template, template / "dags")
+    started = time.monotonic()
+    migrated = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+    return E2EAirflow(root=root, template_db=template / "airflow.db", migrate_seconds=time.monotonic() - started)
