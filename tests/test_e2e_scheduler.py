@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +34,7 @@ from typing import Any
 import airflow
 import pytest
 import requests
+from processes import free_port, stop_process_group
 
 from airflow_provider_kore._compat import trigger_supports_on_kill
 from airflow_provider_kore.testing import KoreSimulator
@@ -58,26 +56,6 @@ EXECUTOR_SUCCESS = re.compile(
 #: Bounds, in seconds.
 READY_TIMEOUT = 120.0
 RUN_TIMEOUT = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a process group we started (the command and its children), then reap it."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @dataclass
@@ -186,7 +164,7 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
     sim = KoreSimulator(client_secret=f"e2e-secret-{secrets.token_hex(12)}", campaigns=campaigns)
     sim.start()
     home = e2e_airflow.new_home("deployment")
-    port = _free_port()
+    port = free_port()
     env = _env(e2e_airflow, home, port, sim)
     deployment = Deployment(home=home, url=f"http://127.0.0.1:{port}", sim=sim, session=requests.Session())
     commands = {
@@ -293,7 +271,7 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
         yield deployment
     finally:
         for process in deployment.processes.values():
-            _stop(process)
+            stop_process_group(process)
         deployment.session.close()
         sim.stop()
 

@@ -42,12 +42,12 @@ STOP_BODY = {
 }
 
 
-def set_conn(monkeypatch, conn_id="kore_default", **extra):
+def set_conn(monkeypatch, conn_id="kore_default", *, password=SECRET, **extra):
     extras = {"account_id": "acc-1", "stream_id": "st-1", "max_retries": 3}
     extras.update(extra)
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{conn_id.upper()}",
-        json.dumps({"conn_type": "kore", "host": BASE, "login": "cs-app-1", "password": SECRET, "extra": extras}),
+        json.dumps({"conn_type": "kore", "host": BASE, "login": "cs-app-1", "password": password, "extra": extras}),
     )
 
 
@@ -247,12 +247,13 @@ def test_token_is_refreshed_before_expiry():
 
 
 def test_hs512(monkeypatch, requests_mock):
-    set_conn(monkeypatch, jwt_algorithm="HS512")
+    secret = SECRET + "-" + "x" * 64  # a full-length HS512 key
+    set_conn(monkeypatch, jwt_algorithm="HS512", password=secret)
     requests_mock.post(STATUS_URL, json=STATUS_BODY)
     KoreHook().get_campaign_status("cd-1")
     token = requests_mock.request_history[0].headers["auth"]
     assert jwt.get_unverified_header(token)["alg"] == "HS512"
-    jwt.decode(token, SECRET, algorithms=["HS512"])
+    jwt.decode(token, secret, algorithms=["HS512"])
 
 
 def test_jwt_per_request_signs_a_fresh_jti_each_time(monkeypatch, requests_mock):

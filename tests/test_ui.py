@@ -25,8 +25,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +36,7 @@ from typing import Any
 import airflow
 import pytest
 import requests
+from processes import free_port, stop_process_group
 
 from airflow_provider_kore.testing import KoreSimulator
 
@@ -72,13 +71,6 @@ NO_FORM_REASON = (
 )
 
 SERVER_START_TIMEOUT = 180.0
-
-
-def _free_port() -> int:
-    """A port nothing listens on (bound, read, released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -119,20 +111,6 @@ def _airflow_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate the server and its uvicorn workers (one process group), then reap it."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """``airflow db migrate`` then ``airflow api-server`` on a free 127.0.0.1 port; always stopped."""
@@ -145,7 +123,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     )
     assert migrated.returncode == 0, migrated.stderr[-3000:]
 
-    port = _free_port()
+    port = free_port()
     log_file = home / "api-server.log"
     with log_file.open("wb") as log:
         process = subprocess.Popen(
@@ -174,7 +152,7 @@ def api_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         yield server
     finally:
         session.close()
-        _stop(process)
+        stop_process_group(process)
 
 
 @pytest.fixture(scope="module")
@@ -304,7 +282,7 @@ def test_test_button_rejects_a_wrong_secret_without_echoing_it(api_server: ApiSe
 
 
 def test_test_button_reports_an_unreachable_platform(api_server: ApiServer, simulator: KoreSimulator) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     answer = api_server.api(
         "POST",
         "/api/v2/connections/test",
