@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 import time
+from urllib.parse import urlsplit
 
 import jwt
 import pytest
@@ -595,3 +596,29 @@ def test_no_secret_or_token_in_logs_or_exceptions(hook, requests_mock, caplog):
     assert SECRET not in text
     for token in tokens:
         assert token not in text
+
+
+# -- the environment is read once, when the session is made --------------------------------------
+
+
+def test_session_reads_proxy_and_ca_bundle_from_the_environment_once(monkeypatch):
+    set_conn(monkeypatch)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-ca.pem")
+    session = KoreHook().session
+    assert session.proxies["https"] == "http://proxy.example:3128"
+    assert session.verify == "/etc/ssl/corp-ca.pem"
+    # Read once: requests does not walk the environment again on each request.
+    assert session.trust_env is False
+
+
+def test_session_honours_no_proxy_and_an_explicit_verify(monkeypatch):
+    set_conn(monkeypatch, verify=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", urlsplit(BASE).hostname)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-ca.pem")
+    session = KoreHook().session
+    assert "https" not in session.proxies
+    assert session.verify is False

@@ -12,6 +12,7 @@ for the connection: hooks on one connection in one process share its request bud
 from __future__ import annotations
 
 import logging
+import os
 import time
 from functools import cached_property
 from typing import Any
@@ -218,11 +219,22 @@ class KoreHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session per hook."""
+        """One keep-alive session per hook.
+
+        The environment (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) is read here, once,
+        as requests would read it for the platform URL; ``trust_env`` is then off, so requests
+        does not walk the environment again on every call (a fifth of the client's time).
+        """
+        config = self.config
         session = requests.Session()
         session.auth = self._auth
-        session.verify = self.config.verify
         session.headers["User-Agent"] = "airflow-provider-kore"
+        session.proxies.update(requests.utils.get_environ_proxies(config.base_url))
+        verify = config.verify
+        if verify is True:
+            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.verify = verify
+        session.trust_env = False
         return session
 
     def close(self) -> None:
