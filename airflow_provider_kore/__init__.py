@@ -46,6 +46,7 @@ def _conn_fields() -> dict[str, Any]:
         "jwt_algorithm": {
             "label": "JWT algorithm",
             "description": "Algorithm that signs the auth token with the client secret: HS256 (default) or HS512.",
+            # No null choice: Airflow 3.0's form crashes on one ("No value found for item").
             "schema": {"type": ["string", "null"], "enum": ["HS256", "HS512"], "default": "HS256"},
         },
         "jwt_per_request": {

@@ -156,8 +156,7 @@ class KoreHook(BaseHook):
         for name, spec in fields.items():
             schema = spec["schema"]
             kinds = schema["type"]
-            # Airflow 3.0's form crashes on a null choice ("No value found for item"): list real ones.
-            choices = [choice for choice in schema.get("enum", []) if choice is not None]
+            choices = schema.get("enum")
             validators = [any_of(choices)] if choices else []
             field_class: Any = StringField
             if "boolean" in kinds:
