@@ -401,8 +401,8 @@ def test_missing_account_query_is_400_where_documented(api: Api, operation: str)
     assert "accountId" in msg
 
 
-def test_view_other_than_status_is_400(api: Api) -> None:
-    status, msg = kore_error(api.status(query={"view": "contacts"}))
+def test_view_other_than_status_or_contacts_is_400(api: Api) -> None:
+    status, msg = kore_error(api.status(query={"view": "everything"}))
     assert status == 400
     assert "view" in msg
 
