@@ -12,10 +12,11 @@ silent the choices are named in the docstrings below (default page sizes, how ``
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 #: The pipeline operations, named as in the provider's ``api.ENDPOINTS``.
@@ -53,6 +54,11 @@ _OUTCOME_PROFILES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("noAnswer", (), "notConnected", "no_answer"),
     ("failed", ("System Generated",), "notConnected", "invalid_number"),
 )
+
+
+def iso_now() -> str:
+    """Now as ISO 8601 with milliseconds and a ``Z``, as Kore writes ``updatedAt``."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Refusal(Exception):
@@ -308,14 +314,16 @@ class PipelineState:
         limit = _whole(body, "limit", DEFAULT_LIST_LIMIT, minimum=1)
         page = _whole(body, "page", 1, minimum=1)
         skip = _whole(body, "skip", (page - 1) * limit, minimum=0)
-        filters = body.get("filters") or {}
+        filters = body.get("filters", {})
+        filters = {} if filters is None else filters
         if not isinstance(filters, Mapping):
             raise Refusal(400, "filters must be an object")
         statuses = _string_set(filters, "status")
         priorities = _string_set(filters, "priority")
         modes = _string_set(filters, "dialingMode")
         start, end = _timestamp(body, "startDate"), _timestamp(body, "endDate")
-        sort_by = body.get("sortBy") or {}
+        sort_by = body.get("sortBy", {})
+        sort_by = {} if sort_by is None else sort_by
         if not isinstance(sort_by, Mapping) or any(
             k not in _SORT_KEYS or str(v).lower() not in ("asc", "desc") for k, v in sort_by.items()
         ):
@@ -413,3 +421,61 @@ class PipelineState:
             if self.keep_contacts:
                 contact_list.contacts.append(dict(contact))
         return {"message": ADD_CONTACTS_MESSAGE}
+
+
+class PipelineSeeding:
+    """:class:`~airflow_provider_kore.testing.KoreSimulator`'s methods to seed and read contact
+    lists and contact outcomes (a mixin: it uses the simulator's lock and state)."""
+
+    _lock: threading.Lock
+    _pipeline: PipelineState
+    _campaigns: dict[str, Any]
+
+    def add_contact_list(self, name: str, *, description: str = "Seeded list", allow_duplicates: bool = False) -> str:
+        """Create a contact list as ``createContactList`` would (no length checks); returns its ``_id``."""
+        with self._lock:
+            try:
+                return self._pipeline.add_list(name, description, allow_duplicates, iso_now()).list_id
+            except Refusal as refusal:
+                raise ValueError(refusal.msg) from None
+
+    @property
+    def contact_list_names(self) -> list[str]:
+        """The names of all contact lists, in the order they were created."""
+        with self._lock:
+            return list(self._pipeline.lists)
+
+    def contact_list(self, name: str) -> list[dict[str, Any]]:
+        """Copies of the contacts stored in list ``name``, in the order they were accepted.
+
+        Empty when the simulator was made with ``keep_contacts=False``; raises KeyError for an
+        unknown list.
+        """
+        with self._lock:
+            return [dict(c) for c in self._pipeline.get_list(name).contacts]
+
+    def contact_list_info(self, name: str) -> dict[str, Any]:
+        """The list as ``createContactList`` answers it, with the current ``totalRecordCount``."""
+        with self._lock:
+            return self._pipeline.get_list(name).document()
+
+    def set_contact_outcomes(self, campaign_id: str, rows: Iterable[Mapping[str, Any]] | int | None) -> None:
+        """Seed the contact outcomes ``status?view=contacts`` pages through for a campaign.
+
+        ``rows``: dicts with at least ``phoneNumber`` (missing documented fields are filled
+        empty); or a count N, for N deterministic generated rows built on demand (100,000 cost
+        nothing until read); or None to go back to outcomes derived from the contacts of the
+        campaign's ``contact_lists`` (none before its first start).
+        """
+        with self._lock:
+            if campaign_id not in self._campaigns:
+                raise KeyError(f"no simulated campaign {campaign_id!r}")
+            self._pipeline.set_outcomes(campaign_id, rows)
+
+    def contact_outcomes(self, campaign_id: str) -> list[dict[str, Any]]:
+        """Every outcome row the campaign would page through now, in order."""
+        with self._lock:
+            if campaign_id not in self._campaigns:
+                raise KeyError(f"no simulated campaign {campaign_id!r}")
+            source = self._pipeline.outcome_source(self._campaigns[campaign_id])
+            return source.rows(0, len(source))

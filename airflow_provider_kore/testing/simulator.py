@@ -17,16 +17,23 @@ rolling-window rate limit can be switched on from a test, and every request is r
         assert sim.status_of("cd-sms-welcome-0001") == "Completed"
         assert sim.count("start_campaign", status_code=200) == 1
 
-Routes (``{streamId}`` must be the simulator's ``stream_id``):
+Routes (``{streamId}`` and ``{iid}`` must be the simulator's ``stream_id``):
 
 =====================  ======  ==============================================================
 operation              method  path
 =====================  ======  ==============================================================
 get_campaign_status    POST    ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}/status``
+get_campaign_contacts  POST    the same path with ``view=contacts`` (paged contact outcomes)
 get_campaign           GET     ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}``
 start_campaign         POST    ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}``
 stop_campaign          POST    ``/api/v2/public/{streamId}/campaign/trigger/{campaignId}``
+list_campaigns         POST    ``/campaign/api/v2/public/{streamId}/campaign/getAllCampaignDetails``
+create_contact_list    POST    ``/campaign/api/v2/public/{streamId}/campaign/contactList/createContactList``
+add_contacts           POST    ``/api/1.1/public/{iid}/campaign/contactList/addContacts``
 =====================  ======  ==============================================================
+
+The pipeline calls' state (contact lists, contacts, outcomes) is in
+:mod:`airflow_provider_kore.testing.pipeline`.
 """
 
 from __future__ import annotations
@@ -43,7 +50,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
@@ -52,7 +58,14 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
-from airflow_provider_kore.testing.pipeline import PIPELINE_OPERATIONS, PipelineState, Refusal, describe
+from airflow_provider_kore.testing.pipeline import (
+    PIPELINE_OPERATIONS,
+    PipelineSeeding,
+    PipelineState,
+    Refusal,
+    describe,
+)
+from airflow_provider_kore.testing.pipeline import iso_now as _iso_now
 
 __all__ = [
     "DEFAULT_CAMPAIGNS",
@@ -148,11 +161,6 @@ class _Default(enum.Enum):
 
 #: Marks a keyword left to the simulator's default (distinct from ``None``, which disables).
 DEFAULT = _Default.TOKEN
-
-
-def _iso_now() -> str:
-    """Now as ISO 8601 with milliseconds and a ``Z``, as Kore writes ``updatedAt``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -473,7 +481,7 @@ class _Handler(BaseHTTPRequestHandler):
 # The simulator.
 
 
-class KoreSimulator:
+class KoreSimulator(PipelineSeeding):
     """A local Kore.ai campaign API on ``http://127.0.0.1:PORT``.
 
     :param client_id: the JWT app's client id; tokens must carry it as ``appId``.
