@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -1125,6 +1126,24 @@ def test_cli_serves_and_stops_cleanly(sig: signal.Signals) -> None:
     assert "export AIRFLOW_CONN_KORE_DEFAULT=" in output
     conn_json = output.split("export AIRFLOW_CONN_KORE_DEFAULT=", 1)[1].splitlines()[0].strip("'")
     assert json.loads(conn_json)["host"] == url
+    # The URI form printed next to it is one that stays plain HTTP (issue 13).
+    exports = [line for line in output.splitlines() if line.startswith("export AIRFLOW_CONN_KORE_DEFAULT=")]
+    assert len(exports) == 2
+    (uri,) = shlex.split(exports[1].split("=", 1)[1])
+    assert uri.startswith("kore://")
+    from airflow.models.connection import Connection as ModelConnection
+
+    from airflow_provider_kore.api import KoreConnectionConfig
+
+    for conn in (ModelConnection(conn_id="kore_default", uri=uri), _conn_from_uri(uri, conn_id="kore_default")):
+        config = KoreConnectionConfig.from_connection(conn)
+        assert config.base_url == url
+        assert config.base_url.startswith("http://127.0.0.1:")
+        assert (config.client_secret, config.account_id, config.stream_id) == (
+            secret,
+            "sim-account-0001",
+            "st-sim-0001",
+        )
     assert "POST /campaign/api/v2/public/st-sim-0001/campaign/cd-cli-0001 -> 200" in output
     assert token not in output
     assert "Traceback" not in output

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Any, Protocol
 
 #: The pipeline operations, named as in the provider's ``api.ENDPOINTS``.
@@ -267,9 +268,11 @@ class PipelineState:
             raise KeyError(f"no simulated contact list {name!r}") from None
 
     def set_outcomes(self, campaign_id: str, rows: Iterable[Mapping[str, Any]] | int | None) -> None:
+        if isinstance(rows, bool):
+            raise TypeError("rows must be outcome rows, a count or None")
         if rows is None:
             self.outcomes.pop(campaign_id, None)
-        elif isinstance(rows, int) and not isinstance(rows, bool):
+        elif isinstance(rows, int):
             if rows < 0:
                 raise ValueError(f"count must not be negative; got {rows!r}")
             self.outcomes[campaign_id] = _Generated(rows)
@@ -288,7 +291,7 @@ class PipelineState:
         if campaign.runs == 0:
             return _Seeded([])
         running = campaign.status.lower() == "active"
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name in campaign.contact_lists:
             contact_list = self.lists.get(name)
             for contact in contact_list.contacts if contact_list else ():
@@ -345,7 +348,7 @@ class PipelineState:
                     continue
             chosen.append(c)
         for key, direction in reversed(list(sort_by.items())):  # stable: the first key sorts last
-            chosen.sort(key=lambda c, a=_SORT_KEYS[key]: getattr(c, a), reverse=str(direction).lower() == "desc")
+            chosen.sort(key=attrgetter(_SORT_KEYS[key]), reverse=str(direction).lower() == "desc")
         total = len(chosen)
         results = [campaign_row(c) for c in chosen[skip : skip + limit]]
         return {

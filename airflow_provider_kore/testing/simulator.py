@@ -429,8 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
         if dropped is not None:
             # Kore never read the request: close at once, body unread, nothing done.
             self.close_connection = True
-            operation, campaign_id = dropped
-            sim._record(RequestRecord(arrived, method, split.path, query, headers, "", operation, campaign_id, DROPPED))
+            sim._record(RequestRecord(arrived, method, split.path, query, headers, "", *dropped, DROPPED))
             return
         raw = self._read_body()
         if raw is None:
@@ -1101,7 +1100,12 @@ class KoreSimulator(PipelineSeeding):
         return None
 
     def _take_drop_before(self, method: str, path: str, query: Mapping[str, str]) -> tuple[str, str | None] | None:
-        """``(operation, campaign_id)`` if this request's next fault drops it unread, else None."""
+        """``(operation, campaign_id)`` if this request's next fault drops it unread, else None.
+
+        Such a request is not counted by the rate limit (Kore never read it).
+        """
+        if not self._faults:  # the common case, without routing twice or taking the lock
+            return None
         operation, _, campaign_id, _ = self._route(method, path, query)
         if operation is None:
             return None
