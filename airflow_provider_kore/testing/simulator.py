@@ -1,13 +1,16 @@
 """A local stand-in for Kore.ai's campaign API, for tests, demos and benchmarks.
 
 :class:`KoreSimulator` is a standard-library HTTP/1.1 server (keep-alive, one daemon thread per
-connection) bound to ``127.0.0.1`` only. It answers the four documented campaign operations
-with the documented shapes and validates each request the way the real platform does: the
-``auth`` JWT (HS256 or HS512, signed with the client secret, ``appId`` = client id), the
-``iid`` and ``accountId`` headers, the documented query strings and the JSON body. Campaigns
-move Ready -> Active -> Completed (after a number of status reads or seconds) or Stopped.
+connection) bound to ``127.0.0.1`` only. It answers the documented campaign operations (the
+four seed calls and the four pipeline calls) with the documented shapes and validates each
+request the way the real platform does: the ``auth`` JWT (HS256 or HS512, signed with the
+client secret, ``appId`` = client id), the ``iid`` and ``accountId`` headers, the documented
+query strings and the JSON body. Campaigns move Ready -> Active (or a campaign's
+``start_status``) -> Completed (after a number of status reads or seconds) or Stopped; runs move
+``campaignInstanceUpdatedAt``, not ``updatedAt`` (the definition's last update).
 
-Faults (error statuses, ``Retry-After``, late answers, non-JSON bodies, rejected tokens) and a
+Faults (error statuses, ``Retry-After``, late answers, non-JSON bodies, rejected tokens,
+connections dropped before or after acting), an outage (:meth:`KoreSimulator.set_outage`) and a
 rolling-window rate limit can be switched on from a test, and every request is recorded::
 
     with KoreSimulator(complete_after_polls=2) as sim:
