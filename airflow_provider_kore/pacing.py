@@ -34,20 +34,18 @@ PAUSE_BASE = 2.0
 PAUSE_MAX = 60.0
 PAUSE_JITTER = 0.5
 RETRY_AFTER_MAX = 120.0
-#: Then a learned rate. After fewer accepted requests than ``EVIDENCE_MIN`` in the minute before
-#: (another client filled the bot's window), a slow start: it doubles every ``SLOW_START_STEP`` s and
-#: the limit is dropped at ``SLOW_START_CEILING`` (Kore's runtime limit) or the fixed budget.
+#: Then a learned rate (at least ``MIN_RATE_PER_MINUTE``; dropped at ``RATE_CEILING``, Kore's runtime
+#: limit, or the fixed budget). After fewer than ``EVIDENCE_MIN`` accepted in the minute before
+#: (another client filled the bot's window): a slow start, doubling every ``SLOW_START_STEP`` s.
+#: Else ``LEARN_FRACTION`` x what Kore accepted (a rolling window too), x ``RAISE_FACTOR`` per
+#: clean minute up to that, beyond only after ``PROBE_AFTER`` s (a hard limit brings no 429 back).
+MIN_RATE_PER_MINUTE = 10.0
+RATE_CEILING = 600.0
 EVIDENCE_MIN = 20
 SLOW_START_STEP = 5.0
-SLOW_START_CEILING = 600.0
-#: Otherwise it settles at ``LEARN_FRACTION`` x what Kore accepted (a rolling window too), x
-#: ``RAISE_FACTOR`` per clean minute up to that, beyond only after ``PROBE_AFTER`` s (else a hard
-#: limit brings a 429 back every few minutes); it is dropped at ``FORGET_FACTOR`` x that.
 LEARN_FRACTION = 0.9
 RAISE_FACTOR = 1.1
 PROBE_AFTER = 1800.0
-FORGET_FACTOR = 2.0
-MIN_RATE_PER_MINUTE = 10.0
 #: An outage pause doubles from ``OUTAGE_PAUSE_BASE``, jitter included at most ``OUTAGE_PAUSE_MAX``
 #: (every wait reads again soon after Kore is back); then one probe per pause length.
 OUTAGE_PAUSE_BASE = 1.0
@@ -63,8 +61,7 @@ _EARLY = 1e-6  # a turn due within this is taken now (timer and float rounding)
 
 
 def clock() -> float:
-    """The pacing clock (monotonic seconds); a seam for tests."""
-    return time.monotonic()
+    return time.monotonic()  # the pacing clock; a seam for tests
 
 
 async def _sleep(seconds: float) -> None:
@@ -105,8 +102,8 @@ class Budget:
         learn: bool = True,
     ) -> None:
         self.conn_id, self.waits, self._rng, self._learns = conn_id, waits or (lambda: 0), rng, learn
-        self.per_minute: int | None = None
-        self.per_hour: int | None = None
+        self.per_minute: int | None
+        self.per_hour: int | None
         # Counters: sends, 429s, transient failures, pauses, reads answered by another wait's read.
         self.requests = self.rate_limited = self.unavailable = self.pauses = self.coalesced = 0
         self._minute: deque[float] = deque()  # send times in the last window, sorted
@@ -118,15 +115,13 @@ class Budget:
         #: The learned limit (requests/min); None while no 429 constrains the connection.
         self.learned_rate: float | None = None
         self.slow_start = False  # the learned limit doubles (it came from a 429 with little evidence)
-        self._ceiling = self._hold = math.inf
+        self._hold = math.inf
         self._pause_accepted = self._consecutive = self._outages = 0  # _outages: pauses since an answer
-        self._pause_logged = True
-        self._pre_pause_rate: float | None = None
         self._learning = False  # answers in flight when the pause began still teach the rate
-        self._resumed_at: float | None = None  # first send after the last pause
+        self._resumed_at: float | None = None  # first send after the last pause; clean time counts from it
         self._raised_at: float | None = None
         self._last_waited = self._pacing_since = -math.inf
-        self._pacing_logged = True
+        self._pacing_logged = self._pause_logged = True
         #: False while nothing can make a send wait: the per-request path stays almost free.
         self.limited = False
         self.configure(per_minute, per_hour)
@@ -178,11 +173,11 @@ class Budget:
             return now
         self._maybe_raise(now)
         t = max(now, self.paused_until, self._last_send + self.gap)
-        if self.per_minute is not None:
-            t = max(t, _window_free_at(self._minute, self.per_minute, _WINDOW, now))
-        if self.learned_rate is not None and not self.slow_start:
-            # What Kore accepted must leave its window first (a slow start knows too little).
-            t = max(t, _window_free_at(self._minute, max(1, int(self.learned_rate)), _WINDOW, now))
+        # A settled rate is a rolling window too: what Kore accepted must leave it first.
+        learned = None if self.slow_start else self.learned_rate
+        for sends, limit, window in ((self._minute, self.per_minute, _WINDOW), (self._minute, learned, _WINDOW)):
+            if limit is not None:
+                t = max(t, _window_free_at(sends, max(1, int(limit)), window, now))
         if self._hour is not None and self.per_hour is not None:
             t = max(t, _window_free_at(self._hour, self.per_hour, _HOUR_WINDOW, now))
         if not self._pause_logged and now >= self.paused_until:
@@ -249,8 +244,6 @@ class Budget:
         self._start_pause(now, duration)
         if self._learns:
             self._pause_accepted = sum(1 for s in self._accepted if s > now - _WINDOW)
-            limits = [x for x in (self.per_minute, self.learned_rate) if x is not None]
-            self._pre_pause_rate = min(limits, default=None)
             self._learning = True
             self._learn()
         self._pause_logged = False
@@ -282,11 +275,7 @@ class Budget:
         accepted = self._pause_accepted
         self.slow_start = accepted < EVIDENCE_MIN
         learned = max(MIN_RATE_PER_MINUTE, LEARN_FRACTION * accepted)
-        if self._pre_pause_rate is not None:
-            learned = min(learned, self._pre_pause_rate)
-        floor = max(accepted, MIN_RATE_PER_MINUTE)
-        self._ceiling = SLOW_START_CEILING if self.slow_start else FORGET_FACTOR * floor
-        self._hold, self._hold_until = floor, self._pause_started + PROBE_AFTER
+        self._hold, self._hold_until = max(accepted, MIN_RATE_PER_MINUTE), self._pause_started + PROBE_AFTER
         self.learned_rate = learned if self.per_minute is None or learned < self.per_minute else None
         self._update()
 
@@ -302,7 +291,7 @@ class Budget:
         learned = self.learned_rate * (2 if self.slow_start else RAISE_FACTOR)
         if not self.slow_start and now < self._hold_until:
             learned = min(learned, max(self._hold, self.learned_rate))
-        self.learned_rate = None if learned >= (self.per_minute or self._ceiling) else learned
+        self.learned_rate = None if learned >= (self.per_minute or RATE_CEILING) else learned
         self._update()
         if self._describe_rate() != before:
             log.info(
@@ -351,17 +340,13 @@ class _Pacer:
 
 
 class AsyncPacer(_Pacer):
-    """Turns for one connection in one event loop: FIFO, and only the head of the line holds a timer."""
+    """Turns for one connection in one event loop, first come first served (an asyncio.Lock is FIFO):
+    only the head of the line sleeps on a timer, the others wait for the lock."""
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self._queue: deque[asyncio.Future[None]] = deque()
-        self._head = False
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for their turn (the head included; cancelled ones may linger)."""
-        return len(self._queue) + (1 if self._head else 0)
+        self._turn = asyncio.Lock()
+        self.queued = 0  # requests waiting for their turn, the head included
 
     async def acquire(self, deadline: float | None = None, *, priority: bool = False) -> float:
         """Wait for a turn, record the send and return its time; ``priority``: now, ahead of all.
@@ -370,57 +355,31 @@ class AsyncPacer(_Pacer):
         """
         budget = self.budget
         now = clock()
-        if priority or (
-            not self._head and not self._queue and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)
-        ):
+        if priority or (not self.queued and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)):
             budget.record_send(now)
             return now
-        if self._head or self._queue:
-            await self._wait_in_line(deadline)
-        else:
-            self._head = True
+        self.queued += 1
         try:
-            while True:
-                now = clock()
-                at = budget.next_send_time(now)
-                if at <= now + _EARLY:
-                    budget.record_send(now)
-                    return now
-                if deadline is not None and at > deadline:
-                    raise BudgetExhausted(at, budget.blocked_by(now))
-                budget.note_wait(now)
-                await _sleep(at - now)
+            try:
+                timeout = None if deadline is None else max(0.0, deadline - now)
+                await asyncio.wait_for(self._turn.acquire(), timeout)
+            except asyncio.TimeoutError:
+                raise BudgetExhausted(clock(), budget.blocked_by(clock())) from None
+            try:
+                while True:
+                    now = clock()
+                    at = budget.next_send_time(now)
+                    if at <= now + _EARLY:
+                        budget.record_send(now)
+                        return now
+                    if deadline is not None and at > deadline:
+                        raise BudgetExhausted(at, budget.blocked_by(now))
+                    budget.note_wait(now)
+                    await _sleep(at - now)
+            finally:
+                self._turn.release()
         finally:
-            self._head = False
-            self._hand_over()
-
-    async def _wait_in_line(self, deadline: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        self._queue.append(turn)
-        timer = None if deadline is None else loop.call_later(max(0.0, deadline - clock()), self._expire, turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self._head = False  # the turn came just as we were cancelled: pass it on
-                self._hand_over()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _expire(self, turn: asyncio.Future[None]) -> None:
-        if not turn.done():
-            turn.set_exception(BudgetExhausted(clock(), self.budget.blocked_by(clock())))
-
-    def _hand_over(self) -> None:
-        while self._queue:
-            turn = self._queue.popleft()
-            if not turn.done():
-                self._head = True
-                turn.set_result(None)
-                return
+            self.queued -= 1
 
 
 class SyncPacer(_Pacer):
