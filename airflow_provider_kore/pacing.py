@@ -1,12 +1,8 @@
-"""Pacing per ``kore`` connection: a request budget, connection-wide pauses, fair turns.
-
-Kore.ai counts requests per bot in rolling windows (600/min and 18,000/h for runtime APIs, 60 and
-1,800 for design-time ones) and answers 429, usually without ``Retry-After``, when one is full.
-:class:`Budget` keeps a connection under a fixed budget (the connection extras), pauses it on a 429
-or an outage (a transient failure), then resumes at a rate learned from what Kore accepted (see the
-constants). :class:`AsyncPacer` (per event loop) serves turns first come, first served, so under
-a tight budget every wait's interval stretches alike; :class:`SyncPacer` (per worker process)
-only waits out pauses. A priority send (a stop) never waits. Standard library only.
+"""Pacing per ``kore`` connection. Kore.ai counts requests per bot in rolling windows (600/min and
+18,000/h for runtime APIs, 60 and 1,800 for design-time ones) and answers 429 when one is full.
+:class:`Budget` keeps a connection within a fixed budget (the connection extras), pauses it on a 429
+or an outage, then resumes at a rate learned from what Kore accepted. :class:`AsyncPacer` (per event
+loop) serves turns in arrival order; :class:`SyncPacer` (per worker process) waits out pauses.
 """
 
 from __future__ import annotations
@@ -56,7 +52,6 @@ PACING_LOG_DELAY = 5.0
 RATE_LIMIT_PATIENCE = 900.0
 
 _WINDOW = MINUTE + SAFETY_MARGIN
-_HOUR_WINDOW = HOUR + SAFETY_MARGIN
 _EARLY = 1e-6  # a turn due within this is taken now (timer and float rounding)
 
 
@@ -77,19 +72,10 @@ class BudgetExhausted(Exception):
         self.reason = reason  # "budget" (fixed), "rate limit" (429 pause, learned rate) or "unavailable"
 
 
-def _window_free_at(sends: deque[float], limit: int, window: float, now: float) -> float:
-    """Earliest time a new send keeps at most ``limit`` sends in any window of ``window`` seconds."""
-    while sends and sends[0] <= now - window:
-        sends.popleft()
-    return now if len(sends) < limit else sends[len(sends) - limit] + window
-
-
 class Budget:
     """One connection's pacing arithmetic: not thread-safe, never blocking, pacing-clock times.
 
-    ``waits`` counts the waits sharing the connection (for logs); ``rng`` gives the jitter;
-    ``learn=False`` keeps the pauses only (see :class:`SyncPacer`).
-    """
+    ``waits`` counts the waits on the connection (for logs); ``learn=False``: pauses only."""
 
     def __init__(
         self,
@@ -102,20 +88,14 @@ class Budget:
         learn: bool = True,
     ) -> None:
         self.conn_id, self.waits, self._rng, self._learns = conn_id, waits or (lambda: 0), rng, learn
-        self.per_minute: int | None
-        self.per_hour: int | None
         # Counters: sends, 429s, transient failures, pauses, reads answered by another wait's read.
         self.requests = self.rate_limited = self.unavailable = self.pauses = self.coalesced = 0
         self._minute: deque[float] = deque()  # send times in the last window, sorted
-        self._hour: deque[float] | None = None
         self._accepted: deque[float] = deque()  # send times of accepted answers, for learning
         self._last_send = self.paused_until = self._pause_started = self._hold_until = -math.inf
-        #: The least time between two sends now (0: no spacing).
-        self.gap = 0.0
-        #: The learned limit (requests/min); None while no 429 constrains the connection.
-        self.learned_rate: float | None = None
-        self.slow_start = False  # the learned limit doubles (it came from a 429 with little evidence)
-        self._hold = math.inf
+        self.gap = 0.0  # the least time between two sends now
+        self.learned_rate: float | None = None  # requests/min; None while no 429 constrains the connection
+        self.slow_start, self._hold = False, math.inf  # slow start: the learned limit doubles
         self._pause_accepted = self._consecutive = self._outages = 0  # _outages: pauses since an answer
         self._learning = False  # answers in flight when the pause began still teach the rate
         self._resumed_at: float | None = None  # first send after the last pause; clean time counts from it
@@ -128,18 +108,20 @@ class Budget:
 
     def configure(self, per_minute: int | None, per_hour: int | None) -> None:
         """Set (or change) the fixed budget; None switches a limit off."""
-        for name, value in (("per_minute", per_minute), ("per_hour", per_hour)):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1; got {value!r}")
+        if any(limit is not None and limit < 1 for limit in (per_minute, per_hour)):
+            raise ValueError(f"per_minute and per_hour must be at least 1; got {per_minute!r}, {per_hour!r}")
         self.per_minute, self.per_hour = per_minute, per_hour
-        self._hour = None if per_hour is None else self._hour if self._hour is not None else deque(self._minute)
         if self.learned_rate is not None and per_minute is not None and self.learned_rate >= per_minute:
             self.learned_rate = None
         self._update()
 
     def _update(self) -> None:
         gap = 0.0
-        for limit, window in ((self.per_minute, _WINDOW), (self.per_hour, _HOUR_WINDOW), (self.learned_rate, _WINDOW)):
+        for limit, window in (
+            (self.per_minute, _WINDOW),
+            (self.per_hour, HOUR + SAFETY_MARGIN),
+            (self.learned_rate, _WINDOW),
+        ):
             if limit is not None:
                 gap = max(gap, window / limit)
         if self._outages:
@@ -154,14 +136,10 @@ class Budget:
 
     def stats(self) -> dict[str, Any]:
         """Counters for the benchmark and the logs (plain JSON)."""
-        stats = {name: getattr(self, name) for name in ("requests", "rate_limited", "unavailable", "pauses")}
+        names = ("requests", "rate_limited", "unavailable", "pauses", "coalesced")
+        stats = {name: getattr(self, name) for name in names}
         rate = self.rate_per_minute()
-        return {
-            **stats,
-            "coalesced": self.coalesced,
-            "waits": self.waits(),
-            "current_rate_per_minute": rate and round(rate, 1),
-        }
+        return {**stats, "waits": self.waits(), "current_rate_per_minute": rate and round(rate, 1)}
 
     def _describe_rate(self) -> str:
         rate = self.rate_per_minute()
@@ -172,14 +150,15 @@ class Budget:
         if not self.limited:
             return now
         self._maybe_raise(now)
+        # Spacing sends ``window / limit`` apart keeps any window of a fixed budget within it.
         t = max(now, self.paused_until, self._last_send + self.gap)
-        # A settled rate is a rolling window too: what Kore accepted must leave it first.
-        learned = None if self.slow_start else self.learned_rate
-        for sends, limit, window in ((self._minute, self.per_minute, _WINDOW), (self._minute, learned, _WINDOW)):
-            if limit is not None:
-                t = max(t, _window_free_at(sends, max(1, int(limit)), window, now))
-        if self._hour is not None and self.per_hour is not None:
-            t = max(t, _window_free_at(self._hour, self.per_hour, _HOUR_WINDOW, now))
+        if self.learned_rate is not None and not self.slow_start:
+            # A settled rate is a rolling window too: what Kore accepted must leave it first.
+            sends, limit = self._minute, max(1, int(self.learned_rate))
+            while sends and sends[0] <= now - _WINDOW:
+                sends.popleft()
+            if len(sends) >= limit:
+                t = max(t, sends[-limit] + _WINDOW)
         if not self._pause_logged and now >= self.paused_until:
             # Logged once the pause is over, when answers that were in flight have taught the rate.
             self._pause_logged = True
@@ -192,10 +171,9 @@ class Budget:
         return t
 
     def blocked_by(self, now: float) -> str:
-        """What holds the next send back: ``"unavailable"``, ``"rate limit"`` or ``"budget"``."""
-        if self._outages:
-            return "unavailable"
-        return "rate limit" if self.paused_until > now or self.learned_rate is not None else "budget"
+        """What holds the next send back (:attr:`BudgetExhausted.reason`)."""
+        paused = self.paused_until > now or self.learned_rate is not None
+        return "unavailable" if self._outages else "rate limit" if paused else "budget"
 
     def record_send(self, now: float) -> None:
         """A request leaves now."""
@@ -204,8 +182,6 @@ class Budget:
         self._minute.append(now)
         while self._minute[0] <= now - _WINDOW:
             self._minute.popleft()
-        if self._hour is not None:
-            self._hour.append(now)
         if self._resumed_at is None and now >= self.paused_until:
             self._resumed_at = self._raised_at = now  # clean time is counted from here
 
@@ -228,14 +204,11 @@ class Budget:
         """Kore answered 429 to a request sent at ``sent_at``; True if that starts a pause."""
         self.rate_limited += 1
         wait = None if retry_after is None else min(max(retry_after, 0.0), RETRY_AFTER_MAX)
-        if sent_at < self._pause_started:
-            if wait is not None:
-                self.paused_until = max(self.paused_until, now + wait)
-                self.limited = True
+        if sent_at < self._pause_started:  # in flight when the pause began: only Retry-After counts
+            self.paused_until, self.limited = max(self.paused_until, now + (wait or 0.0)), True
             return False
-        if self._resumed_at is not None and now - self._resumed_at >= _WINDOW:
-            self._consecutive = 0
-        self._consecutive += 1
+        clean = self._resumed_at is not None and now - self._resumed_at >= _WINDOW  # a clean minute resets
+        self._consecutive = 1 if clean else self._consecutive + 1
         duration = min(PAUSE_MAX, PAUSE_BASE * 2 ** (self._consecutive - 1)) * (1.0 + PAUSE_JITTER * self._rng())
         if wait is not None:
             # Kore's own figure, unless a 429 comes right after one: then back off as usual.
@@ -255,8 +228,8 @@ class Budget:
         if sent_at < self._pause_started:
             return False
         self._outages += 1
-        backoff = OUTAGE_PAUSE_BASE * 2 ** min(self._outages - 1, 30)
-        duration = min(OUTAGE_PAUSE_MAX, backoff * (1.0 + PAUSE_JITTER * self._rng()))
+        backoff = OUTAGE_PAUSE_BASE * 2 ** min(self._outages - 1, 30) * (1.0 + PAUSE_JITTER * self._rng())
+        duration = min(OUTAGE_PAUSE_MAX, backoff)  # jitter included, so waits read soon after Kore is back
         self._learning = False
         self._start_pause(now, duration)
         (log.warning if self._outages == 1 else log.info)(
@@ -314,7 +287,7 @@ class Budget:
 
 
 class _Pacer:
-    """What both pacers share: the driver records each answer (thread-safe in :class:`SyncPacer`)."""
+    """The driver records each outcome (see :class:`Budget`; thread-safe in :class:`SyncPacer`)."""
 
     budget: Budget
     _lock: Any = contextlib.nullcontext()
@@ -324,17 +297,14 @@ class _Pacer:
             return self.budget.stats()
 
     def record_answer(self, sent_at: float) -> None:
-        """Kore answered (neither 429 nor a transient failure) the request sent at ``sent_at``."""
         with self._lock:
             self.budget.record_answer(sent_at, clock())
 
     def record_rate_limited(self, sent_at: float, retry_after: float | None = None) -> bool:
-        """Kore answered 429; True if that paused the connection."""
         with self._lock:
             return self.budget.record_rate_limited(sent_at, clock(), retry_after)
 
     def record_unavailable(self, sent_at: float) -> bool:
-        """A transient failure (5xx, network error, timeout); True if that paused the connection."""
         with self._lock:
             return self.budget.record_unavailable(sent_at, clock())
 
@@ -349,10 +319,9 @@ class AsyncPacer(_Pacer):
         self.queued = 0  # requests waiting for their turn, the head included
 
     async def acquire(self, deadline: float | None = None, *, priority: bool = False) -> float:
-        """Wait for a turn, record the send and return its time; ``priority``: now, ahead of all.
+        """Wait for a turn, record the send and return its time; a ``priority`` send goes now, ahead of all.
 
-        :raise BudgetExhausted: as soon as the turn is known to come after ``deadline`` (pacing clock).
-        """
+        :raise BudgetExhausted: as soon as the turn is known to come after ``deadline`` (pacing clock)."""
         budget = self.budget
         now = clock()
         if priority or (not self.queued and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)):
@@ -361,8 +330,7 @@ class AsyncPacer(_Pacer):
         self.queued += 1
         try:
             try:
-                timeout = None if deadline is None else max(0.0, deadline - now)
-                await asyncio.wait_for(self._turn.acquire(), timeout)
+                await asyncio.wait_for(self._turn.acquire(), None if deadline is None else max(0.0, deadline - now))
             except asyncio.TimeoutError:
                 raise BudgetExhausted(clock(), budget.blocked_by(clock())) from None
             try:
@@ -385,11 +353,11 @@ class AsyncPacer(_Pacer):
 class SyncPacer(_Pacer):
     """One connection's 429 and outage pauses in one process; get it from :func:`sync_pacer`.
 
-    Airflow 3 runs each task instance in its own process, so a worker's pacer serves one task: a
-    fixed budget, a learned rate or FIFO turns would only space its own few requests (a lone 429
-    spaced a hook's later calls 6 s apart). Waiting out a 429 and an outage is what matters there.
-    ``on_kill`` runs in a SIGTERM handler on the main thread, maybe inside :meth:`acquire`: so the
-    lock is reentrant and never held while sleeping, and :meth:`acquire_priority` takes none.
+    Airflow 3 runs each task instance in its own process, so a worker's pacer serves one task: a fixed
+    budget, a learned rate or FIFO turns would only space its own few requests (a lone 429 spaced a
+    hook's later calls 6 s apart); waiting out a 429 and an outage is what matters. ``on_kill`` runs
+    in a SIGTERM handler, maybe inside :meth:`acquire` on the same thread: so the lock is reentrant
+    and never held while sleeping, and :meth:`acquire_priority` takes none.
     """
 
     def __init__(self, conn_id: str) -> None:
@@ -417,19 +385,13 @@ class SyncPacer(_Pacer):
 
 
 _sync_pacers: dict[str, SyncPacer] = {}
-_sync_lock = threading.Lock()
 
 
 def sync_pacer(conn_id: str) -> SyncPacer:
-    """The process's pacer for ``conn_id`` (created on first use)."""
-    with _sync_lock:
-        pacer = _sync_pacers.get(conn_id)
-        if pacer is None:
-            pacer = _sync_pacers[conn_id] = SyncPacer(conn_id)
-        return pacer
+    """The process's pacer for ``conn_id`` (created on first use; ``setdefault`` is atomic)."""
+    return _sync_pacers.get(conn_id) or _sync_pacers.setdefault(conn_id, SyncPacer(conn_id))
 
 
 def reset_sync_pacers() -> None:
     """Forget every process-wide pacer (tests)."""
-    with _sync_lock:
-        _sync_pacers.clear()
+    _sync_pacers.clear()
