@@ -1,38 +1,14 @@
-"""Pacing: one request budget per ``kore`` connection, a connection-wide pause on 429, fair turns.
-
-Kore.ai counts requests per bot in rolling windows (600 per 60 s and 18,000 per hour for the
-runtime APIs, 60 and 1,800 for design-time ones) and answers 429, without a promised
-``Retry-After``, once a window is full. This module keeps a connection under that:
-
-* **A fixed budget** from the connection extras ``max_requests_per_minute`` /
-  ``max_requests_per_hour``: never more than N sends in any rolling minute, M in any rolling
-  hour. The windows are counted as ``60 + SAFETY_MARGIN`` and ``3600 + SAFETY_MARGIN`` seconds
-  (Kore counts a request a little after it leaves), and sends are spaced at least
-  ``window / limit`` apart, so a fleet sees a steady cadence, not a burst and a silent minute.
-* **An adaptive limit** learned from 429s: the first 429 pauses the whole connection
-  (``PAUSE_BASE`` doubling per consecutive pause up to ``PAUSE_MAX``, plus up to
-  ``PAUSE_JITTER`` of itself; never shorter than a ``Retry-After``, capped at
-  ``RETRY_AFTER_MAX``). Sending resumes at ``LEARN_FRACTION`` x the requests Kore accepted in
-  the minute before the 429 (at least ``MIN_RATE_PER_MINUTE``), counted as a rolling window
-  too, so nothing is sent until Kore's own window has room again. Every clean window (61 s of
-  sending with no 429) raises the rate by ``RAISE_FACTOR``, up to the fixed budget (or until it
-  is twice what Kore accepted, when the learned limit is dropped). A 429 for a request sent
-  before the current pause began was already in flight: it is counted but starts no new pause.
-* **Fair turns**: requests wait in arrival order (FIFO); a wait that was just served queues at
-  the back for its next poll, so when the budget cannot serve every wait at its poke interval,
-  every interval stretches by the same amount and service rotates.
-
-:class:`Budget` holds the arithmetic and counters (and a clock can be handed in, so tests
-run in milliseconds); :class:`AsyncPacer` (one per event loop and connection, owned by the
-shared async client) and :class:`SyncPacer` (one per process and connection, shared by every
-:class:`~airflow_provider_kore.hooks.kore.KoreHook` on it) only differ in how they wait.
-
-Standard library only, and cheap to import.
+"""Pacing per ``kore`` connection. Kore.ai counts requests per bot in rolling windows (600/min and
+18,000/h for runtime APIs, 60 and 1,800 for design-time ones) and answers 429 when one is full.
+:class:`Budget` keeps a connection within a fixed budget (the connection extras), pauses it on a 429
+or an outage, then resumes at a rate learned from what Kore accepted. :class:`AsyncPacer` (per event
+loop) serves turns in arrival order; :class:`SyncPacer` (per worker process) waits out pauses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -44,46 +20,47 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-#: Kore's rolling windows, in seconds.
 MINUTE = 60.0
 HOUR = 3600.0
-#: Added to each window: Kore counts a request a little after it is sent.
-SAFETY_MARGIN = 1.0
-#: First connection-wide pause after a 429 without ``Retry-After``, in seconds.
+SAFETY_MARGIN = 1.0  # added to each window
+#: A 429 pauses the connection ``PAUSE_BASE`` doubling per 429 without a clean minute between, up to
+#: ``PAUSE_MAX``, plus up to ``PAUSE_JITTER`` of itself (processes desynchronise); a ``Retry-After``
+#: sets it (capped). A 429 (or failure) for a request sent before the pause began starts none.
 PAUSE_BASE = 2.0
-#: Longest pause; each consecutive pause (a 429 after resuming) doubles the last one up to this.
 PAUSE_MAX = 60.0
-#: A pause is lengthened by up to this fraction of itself, at random, so processes desynchronise.
 PAUSE_JITTER = 0.5
-#: A ``Retry-After`` is honoured up to this many seconds.
 RETRY_AFTER_MAX = 120.0
-#: After a 429 the rate becomes this fraction of what Kore accepted in the minute before it.
-LEARN_FRACTION = 0.9
-#: Each clean window (no 429) raises the learned rate by this factor.
-RAISE_FACTOR = 1.1
-#: The learned rate never goes below this many requests per minute.
+#: Then a learned rate (at least ``MIN_RATE_PER_MINUTE``; dropped at ``RATE_CEILING``, Kore's runtime
+#: limit, or the fixed budget). After fewer than ``EVIDENCE_MIN`` accepted in the minute before
+#: (another client filled the bot's window): a slow start, doubling every ``SLOW_START_STEP`` s.
+#: Else ``LEARN_FRACTION`` x what Kore accepted (a rolling window too), x ``RAISE_FACTOR`` per
+#: clean minute up to that, beyond only after ``PROBE_AFTER`` s (a hard limit brings no 429 back).
 MIN_RATE_PER_MINUTE = 10.0
-#: Without a fixed budget, a learned rate this many times what Kore accepted is dropped.
-FORGET_FACTOR = 2.0
+RATE_CEILING = 600.0
+EVIDENCE_MIN = 20
+SLOW_START_STEP = 5.0
+LEARN_FRACTION = 0.9
+RAISE_FACTOR = 1.1
+PROBE_AFTER = 1800.0
+#: An outage pause doubles from ``OUTAGE_PAUSE_BASE``, jitter included at most ``OUTAGE_PAUSE_MAX``
+#: (every wait reads again soon after Kore is back); then one probe per pause length.
+OUTAGE_PAUSE_BASE = 1.0
+OUTAGE_PAUSE_MAX = 30.0
 #: Pacing is logged (once) this many seconds after requests start waiting for their turn.
 PACING_LOG_DELAY = 5.0
-#: How long a caller without a deadline waits out Kore's rate limit before giving up (hook only).
+#: How long a hook call without a deadline waits out Kore's pauses before giving up.
 RATE_LIMIT_PATIENCE = 900.0
 
-_MINUTE_WINDOW = MINUTE + SAFETY_MARGIN
-_HOUR_WINDOW = HOUR + SAFETY_MARGIN
-# A turn due within this many seconds is taken now (timer and float rounding).
-_EARLY = 1e-6
+_WINDOW = MINUTE + SAFETY_MARGIN
+_EARLY = 1e-6  # a turn due within this is taken now (timer and float rounding)
 
 
 def clock() -> float:
-    """The pacing clock (monotonic seconds); a seam for tests."""
-    return time.monotonic()
+    return time.monotonic()  # the pacing clock; a seam for tests
 
 
 async def _sleep(seconds: float) -> None:
-    """How an async pacer waits for its turn (a seam for tests)."""
-    await asyncio.sleep(seconds)
+    await asyncio.sleep(seconds)  # a seam for tests
 
 
 class BudgetExhausted(Exception):
@@ -91,35 +68,14 @@ class BudgetExhausted(Exception):
 
     def __init__(self, not_before: float, reason: str) -> None:
         super().__init__(reason)
-        #: Pacing-clock time of the earliest possible send.
-        self.not_before = not_before
-        #: ``"budget"`` (the fixed budget), ``"rate limit"`` (a 429 pause or the learned limit).
-        self.reason = reason
-
-
-def _window_free_at(sends: deque[float], limit: int, window: float, now: float) -> float:
-    """Earliest time a new send keeps at most ``limit`` sends in any window of ``window`` seconds."""
-    horizon = now - window
-    while sends and sends[0] <= horizon:
-        sends.popleft()
-    if len(sends) < limit:
-        return now
-    # The send ``limit`` places back must leave the window first.
-    return sends[len(sends) - limit] + window
+        self.not_before = not_before  # pacing-clock time of the earliest possible send
+        self.reason = reason  # "budget" (fixed), "rate limit" (429 pause, learned rate) or "unavailable"
 
 
 class Budget:
-    """The arithmetic of one connection's pacing: fixed budget, learned limit, pauses, counters.
+    """One connection's pacing arithmetic: not thread-safe, never blocking, pacing-clock times.
 
-    Not thread-safe and never blocking: :class:`AsyncPacer` and :class:`SyncPacer` call it
-    from their event loop or under their lock. Times are pacing-clock seconds.
-
-    :param conn_id: Only for log lines.
-    :param per_minute: At most this many sends in any rolling minute (None: no fixed limit).
-    :param per_hour: At most this many sends in any rolling hour (None: no fixed limit).
-    :param waits: How many waits share the connection now (for log lines and :meth:`stats`).
-    :param rng: A ``random()``-like function for the pause jitter (a seam for tests).
-    """
+    ``waits`` counts the waits on the connection (for logs); ``learn=False``: pauses only."""
 
     def __init__(
         self,
@@ -129,475 +85,313 @@ class Budget:
         *,
         waits: Callable[[], int] | None = None,
         rng: Callable[[], float] = random.random,
+        learn: bool = True,
     ) -> None:
-        self.conn_id = conn_id
-        self.waits = waits or (lambda: 0)
-        self._rng = rng
-        self.per_minute: int | None = None
-        self.per_hour: int | None = None
-        #: Requests sent (each attempt counts).
-        self.requests = 0
-        #: 429 answers received.
-        self.rate_limited = 0
-        #: Connection-wide pauses started.
-        self.pauses = 0
-        #: Status reads answered by another wait's request (in flight or just answered).
-        self.coalesced = 0
-        # Send times in the last minute (and hour, if an hourly budget is set); sorted.
-        self._minute: deque[float] = deque()
-        self._hour: deque[float] | None = None
-        # Send times of answers Kore accepted (not 429), roughly sorted; for learning.
-        self._accepted: deque[float] = deque()
-        self._last_send = -math.inf
-        self._gap = 0.0
-        # The learned limit (requests per minute), None when no 429 constrains the connection.
-        self._learned: float | None = None
-        self._learned_ceiling = math.inf
-        self._pause_started = -math.inf
-        self._pause_until = -math.inf
-        self._pause_accepted = 0
-        self._pause_logged = True
-        self._pre_pause_rate: float | None = None
-        self._learning = False
-        self._consecutive = 0
-        self._clean_since: float | None = None
-        self._resumed = True
-        self._last_waited = -math.inf
-        self._pacing_since = -math.inf
-        self._pacing_logged = True
+        self.conn_id, self.waits, self._rng, self._learns = conn_id, waits or (lambda: 0), rng, learn
+        # Counters: sends, 429s, transient failures, pauses, reads answered by another wait's read.
+        self.requests = self.rate_limited = self.unavailable = self.pauses = self.coalesced = 0
+        self._minute: deque[float] = deque()  # send times in the last window, sorted
+        self._accepted: deque[float] = deque()  # send times of accepted answers, for learning
+        self._last_send = self.paused_until = self._pause_started = self._hold_until = -math.inf
+        self.gap = 0.0  # the least time between two sends now
+        self.learned_rate: float | None = None  # requests/min; None while no 429 constrains the connection
+        self.slow_start, self._hold = False, math.inf  # slow start: the learned limit doubles
+        self._pause_accepted = self._consecutive = self._outages = 0  # _outages: pauses since an answer
+        self._learning = False  # answers in flight when the pause began still teach the rate
+        self._resumed_at: float | None = None  # first send after the last pause; clean time counts from it
+        self._raised_at: float | None = None
+        self._last_waited = self._pacing_since = -math.inf
+        self._pacing_logged = self._pause_logged = True
         #: False while nothing can make a send wait: the per-request path stays almost free.
         self.limited = False
         self.configure(per_minute, per_hour)
 
-    # -- settings -----------------------------------------------------------------------------
-
     def configure(self, per_minute: int | None, per_hour: int | None) -> None:
         """Set (or change) the fixed budget; None switches a limit off."""
-        if per_minute is not None and per_minute < 1:
-            raise ValueError(f"per_minute must be at least 1; got {per_minute!r}")
-        if per_hour is not None and per_hour < 1:
-            raise ValueError(f"per_hour must be at least 1; got {per_hour!r}")
-        self.per_minute = per_minute
-        self.per_hour = per_hour
-        if per_hour is not None and self._hour is None:
-            self._hour = deque(self._minute)
-        elif per_hour is None:
-            self._hour = None
-        if self._learned is not None and per_minute is not None and self._learned >= per_minute:
-            self._learned = None
+        if any(limit is not None and limit < 1 for limit in (per_minute, per_hour)):
+            raise ValueError(f"per_minute and per_hour must be at least 1; got {per_minute!r}, {per_hour!r}")
+        self.per_minute, self.per_hour = per_minute, per_hour
+        if self.learned_rate is not None and per_minute is not None and self.learned_rate >= per_minute:
+            self.learned_rate = None
         self._update()
 
     def _update(self) -> None:
         gap = 0.0
-        if self.per_minute is not None:
-            gap = max(gap, _MINUTE_WINDOW / self.per_minute)
-        if self.per_hour is not None:
-            gap = max(gap, _HOUR_WINDOW / self.per_hour)
-        if self._learned is not None:
-            gap = max(gap, _MINUTE_WINDOW / self._learned)
-        self._gap = gap
-        self.limited = gap > 0 or self._pause_until > -math.inf
-
-    # -- reading ------------------------------------------------------------------------------
-
-    @property
-    def gap(self) -> float:
-        """The least time between two sends now (0: no spacing)."""
-        return self._gap
-
-    @property
-    def learned_rate(self) -> float | None:
-        """The learned limit in requests per minute, or None."""
-        return self._learned
-
-    @property
-    def paused_until(self) -> float:
-        """Pacing-clock time the current pause ends (``-inf``: never paused)."""
-        return self._pause_until
+        for limit, window in (
+            (self.per_minute, _WINDOW),
+            (self.per_hour, HOUR + SAFETY_MARGIN),
+            (self.learned_rate, _WINDOW),
+        ):
+            if limit is not None:
+                gap = max(gap, window / limit)
+        if self._outages:
+            # One probe at a time: spaced by the last pause, so hung probes do not pile up.
+            gap = max(gap, self.paused_until - self._pause_started)
+        self.gap = gap
+        self.limited = gap > 0 or self.paused_until > -math.inf
 
     def rate_per_minute(self) -> float | None:
         """The cadence sends are paced at now, in requests per minute (None: not paced)."""
-        return MINUTE / self._gap if self._gap > 0 else None
+        return MINUTE / self.gap if self.gap > 0 else None
 
     def stats(self) -> dict[str, Any]:
         """Counters for the benchmark and the logs (plain JSON)."""
+        names = ("requests", "rate_limited", "unavailable", "pauses", "coalesced")
+        stats = {name: getattr(self, name) for name in names}
         rate = self.rate_per_minute()
-        return {
-            "requests": self.requests,
-            "rate_limited": self.rate_limited,
-            "pauses": self.pauses,
-            "coalesced": self.coalesced,
-            "waits": self.waits(),
-            "current_rate_per_minute": None if rate is None else round(rate, 1),
-        }
+        return {**stats, "waits": self.waits(), "current_rate_per_minute": rate and round(rate, 1)}
 
     def _describe_rate(self) -> str:
         rate = self.rate_per_minute()
         return "no fixed rate" if rate is None else f"{rate:.0f} requests/min"
-
-    # -- the decisions ------------------------------------------------------------------------
 
     def next_send_time(self, now: float) -> float:
         """Earliest time the next request may be sent (``now`` or later)."""
         if not self.limited:
             return now
         self._maybe_raise(now)
-        t = now
-        if self._pause_until > t:
-            t = self._pause_until
-        if self._gap and self._last_send + self._gap > t:
-            t = self._last_send + self._gap
-        if self.per_minute is not None:
-            t = max(t, _window_free_at(self._minute, self.per_minute, _MINUTE_WINDOW, now))
-        if self._learned is not None:
-            t = max(t, _window_free_at(self._minute, max(1, int(self._learned)), _MINUTE_WINDOW, now))
-        if self.per_hour is not None and self._hour is not None:
-            t = max(t, _window_free_at(self._hour, self.per_hour, _HOUR_WINDOW, now))
-        if not self._pause_logged and now >= self._pause_until:
-            # Logged once the backoff is over, when answers that were in flight have taught the rate.
+        # Spacing sends ``window / limit`` apart keeps any window of a fixed budget within it.
+        t = max(now, self.paused_until, self._last_send + self.gap)
+        if self.learned_rate is not None and not self.slow_start:
+            # A settled rate is a rolling window too: what Kore accepted must leave it first.
+            sends, limit = self._minute, max(1, int(self.learned_rate))
+            while sends and sends[0] <= now - _WINDOW:
+                sends.popleft()
+            if len(sends) >= limit:
+                t = max(t, sends[-limit] + _WINDOW)
+        if not self._pause_logged and now >= self.paused_until:
+            # Logged once the pause is over, when answers that were in flight have taught the rate.
             self._pause_logged = True
             log.info(
                 "Kore connection %s: 429 from Kore, pausing all %d waits for %.1f s; resuming at %s",
-                self.conn_id,
-                self.waits(),
-                t - self._pause_started,
-                self._describe_rate(),
+                *(self.conn_id, self.waits(), t - self._pause_started, self._describe_rate()),
             )
-        if not self._gap and self._pause_until <= now:
+        if not self.gap and self.paused_until <= now:
             self.limited = False  # the pause is over and nothing was learned: back to the free path
         return t
 
     def blocked_by(self, now: float) -> str:
-        """What holds the next send back: ``"rate limit"`` (a pause or learned limit) or ``"budget"``."""
-        return "rate limit" if self._pause_until > now or self._learned is not None else "budget"
+        """What holds the next send back (:attr:`BudgetExhausted.reason`)."""
+        paused = self.paused_until > now or self.learned_rate is not None
+        return "unavailable" if self._outages else "rate limit" if paused else "budget"
 
     def record_send(self, now: float) -> None:
         """A request leaves now."""
         self.requests += 1
         self._last_send = now
-        minute = self._minute
-        minute.append(now)
-        horizon = now - _MINUTE_WINDOW
-        while minute[0] <= horizon:
-            minute.popleft()
-        if self._hour is not None:
-            self._hour.append(now)
-        if not self._resumed and now >= self._pause_until:
-            # The first send after a pause: a clean window is counted from here.
-            self._resumed = True
-            self._clean_since = now
+        self._minute.append(now)
+        while self._minute[0] <= now - _WINDOW:
+            self._minute.popleft()
+        if self._resumed_at is None and now >= self.paused_until:
+            self._resumed_at = self._raised_at = now  # clean time is counted from here
 
     def record_answer(self, sent_at: float, now: float) -> None:
-        """Kore answered (anything but 429) a request sent at ``sent_at``."""
-        accepted = self._accepted
-        accepted.append(sent_at)
-        horizon = now - 2 * _MINUTE_WINDOW
-        while accepted and accepted[0] <= horizon:
-            accepted.popleft()
-        if self._learning and self._pause_started - _MINUTE_WINDOW < sent_at < self._pause_started:
-            # An answer that was in flight when the pause began: Kore accepted more than we knew.
-            self._pause_accepted += 1
+        """Kore answered (neither 429 nor a transient failure) a request sent at ``sent_at``."""
+        self._accepted.append(sent_at)
+        while self._accepted[0] <= now - 2 * _WINDOW:
+            self._accepted.popleft()
+        if self._outages and sent_at >= self._pause_started:
+            log.info("Kore connection %s: Kore.ai answers again; resuming", self.conn_id)
+            self._outages = 0
+            self.paused_until = min(self.paused_until, now)
+            self._pause_started = sent_at  # failures of requests sent before this one are old news
+            self._update()
+        if self._learning and self._pause_started - _WINDOW < sent_at < self._pause_started:
+            self._pause_accepted += 1  # in flight when the pause began: Kore accepted more
             self._learn()
 
     def record_rate_limited(self, sent_at: float, now: float, retry_after: float | None = None) -> bool:
         """Kore answered 429 to a request sent at ``sent_at``; True if that starts a pause."""
         self.rate_limited += 1
-        if sent_at < self._pause_started:
-            # Sent before the current pause began: the pause already accounts for it.
-            if retry_after is not None:
-                self._pause_until = max(self._pause_until, now + min(retry_after, RETRY_AFTER_MAX))
-                self.limited = True
+        wait = None if retry_after is None else min(max(retry_after, 0.0), RETRY_AFTER_MAX)
+        if sent_at < self._pause_started:  # in flight when the pause began: only Retry-After counts
+            self.paused_until, self.limited = max(self.paused_until, now + (wait or 0.0)), True
             return False
-        if self._clean_since is not None and now - self._clean_since >= _MINUTE_WINDOW:
-            self._consecutive = 0
-        self._consecutive += 1
-        backoff = min(PAUSE_MAX, PAUSE_BASE * 2 ** (self._consecutive - 1))
-        duration = backoff * (1.0 + PAUSE_JITTER * self._rng())
-        if retry_after is not None:
-            duration = max(duration, min(retry_after, RETRY_AFTER_MAX))
-        self.pauses += 1
-        self._pause_started = now
-        self._pause_until = now + duration
-        horizon = now - _MINUTE_WINDOW
-        self._pause_accepted = sum(1 for s in self._accepted if s > horizon)
-        self._pre_pause_rate = self._effective_limit()
-        self._learning = True
-        self._resumed = False
-        self._clean_since = None
+        clean = self._resumed_at is not None and now - self._resumed_at >= _WINDOW  # a clean minute resets
+        self._consecutive = 1 if clean else self._consecutive + 1
+        duration = min(PAUSE_MAX, PAUSE_BASE * 2 ** (self._consecutive - 1)) * (1.0 + PAUSE_JITTER * self._rng())
+        if wait is not None:
+            # Kore's own figure, unless a 429 comes right after one: then back off as usual.
+            duration = wait if self._consecutive == 1 else max(wait, duration)
+        self._outages = 0  # Kore answers
+        self._start_pause(now, duration)
+        if self._learns:
+            self._pause_accepted = sum(1 for s in self._accepted if s > now - _WINDOW)
+            self._learning = True
+            self._learn()
         self._pause_logged = False
-        self._learn()
-        log.debug("Kore connection %s: 429 from Kore; pausing for at least %.1f s", self.conn_id, duration)
         return True
 
-    def _effective_limit(self) -> float | None:
-        limits = [x for x in (self.per_minute, self._learned) if x is not None]
-        return float(min(limits)) if limits else None
+    def record_unavailable(self, sent_at: float, now: float) -> bool:
+        """A request sent at ``sent_at`` met a transient failure; True if that starts a pause."""
+        self.unavailable += 1
+        if sent_at < self._pause_started:
+            return False
+        self._outages += 1
+        backoff = OUTAGE_PAUSE_BASE * 2 ** min(self._outages - 1, 30) * (1.0 + PAUSE_JITTER * self._rng())
+        duration = min(OUTAGE_PAUSE_MAX, backoff)  # jitter included, so waits read soon after Kore is back
+        self._learning = False
+        self._start_pause(now, duration)
+        (log.warning if self._outages == 1 else log.info)(
+            "Kore connection %s: Kore.ai is unavailable; pausing its requests for %.1f s, then probing (%d waits)",
+            *(self.conn_id, duration, self.waits()),
+        )
+        return True
+
+    def _start_pause(self, now: float, duration: float) -> None:
+        self.pauses += 1
+        self._pause_started, self.paused_until = now, now + duration
+        self._resumed_at = self._raised_at = None
+        self._update()
 
     def _learn(self) -> None:
-        learned = max(MIN_RATE_PER_MINUTE, LEARN_FRACTION * self._pause_accepted)
-        if self._pre_pause_rate is not None:
-            learned = min(learned, self._pre_pause_rate)
-        self._learned_ceiling = FORGET_FACTOR * max(self._pause_accepted, MIN_RATE_PER_MINUTE)
-        self._learned = learned
-        if self.per_minute is not None and learned >= self.per_minute:
-            self._learned = None
+        accepted = self._pause_accepted
+        self.slow_start = accepted < EVIDENCE_MIN
+        learned = max(MIN_RATE_PER_MINUTE, LEARN_FRACTION * accepted)
+        self._hold, self._hold_until = max(accepted, MIN_RATE_PER_MINUTE), self._pause_started + PROBE_AFTER
+        self.learned_rate = learned if self.per_minute is None or learned < self.per_minute else None
         self._update()
 
     def _maybe_raise(self, now: float) -> None:
-        since = self._clean_since
-        if since is None or now - since < _MINUTE_WINDOW:
+        since = self._raised_at
+        if since is None or now - since < (SLOW_START_STEP if self.slow_start else _WINDOW):
             return
-        self._clean_since = now
-        self._consecutive = 0
+        self._raised_at = now
         self._learning = False
-        if self._learned is None:
+        if self.learned_rate is None:
             return
         before = self._describe_rate()
-        learned = self._learned * RAISE_FACTOR
-        if (self.per_minute is not None and learned >= self.per_minute) or (
-            self.per_minute is None and learned >= self._learned_ceiling
-        ):
-            self._learned = None
-        else:
-            self._learned = learned
+        learned = self.learned_rate * (2 if self.slow_start else RAISE_FACTOR)
+        if not self.slow_start and now < self._hold_until:
+            learned = min(learned, max(self._hold, self.learned_rate))
+        self.learned_rate = None if learned >= (self.per_minute or RATE_CEILING) else learned
         self._update()
-        log.info(
-            "Kore connection %s: no 429 for a minute; raising the pace from %s to %s (%d waits)",
-            self.conn_id,
-            before,
-            self._describe_rate(),
-            self.waits(),
-        )
+        if self._describe_rate() != before:
+            log.info(
+                "Kore connection %s: no 429 for %.0f s; raising the pace from %s to %s (%d waits)",
+                *(self.conn_id, now - since, before, self._describe_rate(), self.waits()),
+            )
 
     def note_wait(self, now: float) -> None:
-        """A request has to wait for its turn: log once when pacing starts (then debug only).
-
-        Pacing starts with the first wait after a minute without any; it is logged
-        ``PACING_LOG_DELAY`` seconds later, once a fleet that starts together has joined.
-        """
-        if now - self._last_waited > _MINUTE_WINDOW:
-            self._pacing_since = now
-            self._pacing_logged = False
+        """A request has to wait for its turn: log once, ``PACING_LOG_DELAY`` s after pacing starts."""
+        if now - self._last_waited > _WINDOW:
+            self._pacing_since, self._pacing_logged = now, False
         self._last_waited = now
-        if not self._pacing_logged and now - self._pacing_since >= PACING_LOG_DELAY and self._pause_until <= now:
+        if not self._pacing_logged and now - self._pacing_since >= PACING_LOG_DELAY and self.paused_until <= now:
             self._pacing_logged = True
             log.info(
                 "Kore connection %s: pacing %d waits at %s (budget: %s per minute, %s per hour)",
-                self.conn_id,
-                self.waits(),
-                self._describe_rate(),
-                self.per_minute if self.per_minute is not None else "no fixed limit",
-                self.per_hour if self.per_hour is not None else "no fixed limit",
+                *(self.conn_id, self.waits(), self._describe_rate()),
+                *("no fixed limit" if x is None else x for x in (self.per_minute, self.per_hour)),
             )
 
 
-class AsyncPacer:
-    """Turns for one connection in one event loop: FIFO, one waiter at a time watches the clock.
+class _Pacer:
+    """The driver records each outcome (see :class:`Budget`; thread-safe in :class:`SyncPacer`)."""
 
-    The waiter at the head of the line sleeps until the budget lets it send; the others wait on
-    a future until the head hands over, so a thousand paced waits hold one timer, not a thousand.
-    """
-
-    def __init__(self, budget: Budget) -> None:
-        self.budget = budget
-        self._queue: deque[asyncio.Future[None]] = deque()
-        self._head = False
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for their turn (the head included; cancelled ones may linger)."""
-        return len(self._queue) + (1 if self._head else 0)
+    budget: Budget
+    _lock: Any = contextlib.nullcontext()
 
     def stats(self) -> dict[str, Any]:
-        """The connection's counters: see :meth:`Budget.stats`."""
-        return self.budget.stats()
+        with self._lock:
+            return self.budget.stats()
 
-    async def acquire(self, deadline: float | None = None) -> float:
-        """Wait for a turn, record the send and return its time.
+    def record_answer(self, sent_at: float) -> None:
+        with self._lock:
+            self.budget.record_answer(sent_at, clock())
 
-        :param deadline: Pacing-clock time after which the caller cannot use a send; if the
-            next send cannot come by then, :class:`BudgetExhausted` is raised at once.
-        """
-        budget = self.budget
-        now = clock()
-        if not self._head and not self._queue and (not budget.limited or budget.next_send_time(now) <= now + _EARLY):
-            budget.record_send(now)
-            return now
-        if self._head or self._queue:
-            await self._wait_in_line(deadline)
-        else:
-            self._head = True
-        try:
-            while True:
-                now = clock()
-                at = budget.next_send_time(now)
-                if at <= now + _EARLY:
-                    budget.record_send(now)
-                    return now
-                if deadline is not None and at > deadline:
-                    raise BudgetExhausted(at, budget.blocked_by(now))
-                budget.note_wait(now)
-                await _sleep(at - now)
-        finally:
-            self._head = False
-            self._hand_over()
+    def record_rate_limited(self, sent_at: float, retry_after: float | None = None) -> bool:
+        with self._lock:
+            return self.budget.record_rate_limited(sent_at, clock(), retry_after)
 
-    async def _wait_in_line(self, deadline: float | None) -> None:
-        loop = asyncio.get_running_loop()
-        turn: asyncio.Future[None] = loop.create_future()
-        self._queue.append(turn)
-        timer = None
-        if deadline is not None:
-            timer = loop.call_later(max(0.0, deadline - clock()), self._expire, turn)
-        try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                # The turn was handed to us just as we were cancelled: pass it on.
-                self._head = False
-                self._hand_over()
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-
-    def _expire(self, turn: asyncio.Future[None]) -> None:
-        if not turn.done():
-            turn.set_exception(BudgetExhausted(clock(), self.budget.blocked_by(clock())))
-
-    def _hand_over(self) -> None:
-        """Wake the next waiter still in line; it becomes the head."""
-        queue = self._queue
-        while queue:
-            turn = queue.popleft()
-            if not turn.done():
-                self._head = True
-                turn.set_result(None)
-                return
+    def record_unavailable(self, sent_at: float) -> bool:
+        with self._lock:
+            return self.budget.record_unavailable(sent_at, clock())
 
 
-class SyncPacer:
-    """Turns for one connection in one process (threads): FIFO tickets under one lock.
-
-    Get it from :func:`sync_pacer` so every hook on the connection in the process shares it.
-    """
+class AsyncPacer(_Pacer):
+    """Turns for one connection in one event loop, first come first served (an asyncio.Lock is FIFO):
+    only the head of the line sleeps on a timer, the others wait for the lock."""
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self._cond = threading.Condition()
-        self._next_ticket = 0
-        self._serving = 0
-        self._abandoned: set[int] = set()
-        budget.waits = self._callers
+        self._turn = asyncio.Lock()
+        self.queued = 0  # requests waiting for their turn, the head included
 
-    def _callers(self) -> int:
-        """Callers in line or sending (at least the one asking)."""
-        return max(1, self._next_ticket - self._serving)
+    async def acquire(self, deadline: float | None = None, *, priority: bool = False) -> float:
+        """Wait for a turn, record the send and return its time; a ``priority`` send goes now, ahead of all.
 
-    def acquire(self, deadline: float | None = None, sleep: Callable[[float], Any] | None = None) -> float:
-        """Wait for a turn, record the send and return its time (see :meth:`AsyncPacer.acquire`).
-
-        :param sleep: How the head of the line sleeps (default ``time.sleep``; a seam for tests).
-        """
+        :raise BudgetExhausted: as soon as the turn is known to come after ``deadline`` (pacing clock)."""
         budget = self.budget
-        sleep = sleep or time.sleep
-        with self._cond:
-            ticket = self._next_ticket
-            self._next_ticket += 1
+        now = clock()
+        if priority or (not self.queued and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)):
+            budget.record_send(now)
+            return now
+        self.queued += 1
+        try:
+            try:
+                await asyncio.wait_for(self._turn.acquire(), None if deadline is None else max(0.0, deadline - now))
+            except asyncio.TimeoutError:
+                raise BudgetExhausted(clock(), budget.blocked_by(clock())) from None
             try:
                 while True:
-                    while self._serving in self._abandoned:
-                        self._abandoned.discard(self._serving)
-                        self._serving += 1
                     now = clock()
-                    if ticket != self._serving:
-                        if deadline is not None and now >= deadline:
-                            raise BudgetExhausted(now, budget.blocked_by(now))
-                        self._cond.wait(1.0 if deadline is None else min(1.0, deadline - now))
-                        continue
                     at = budget.next_send_time(now)
                     if at <= now + _EARLY:
                         budget.record_send(now)
-                        self._serving += 1
-                        self._cond.notify_all()
                         return now
                     if deadline is not None and at > deadline:
                         raise BudgetExhausted(at, budget.blocked_by(now))
                     budget.note_wait(now)
-                    self._cond.release()
-                    try:
-                        sleep(at - now)
-                    finally:
-                        self._cond.acquire()
-            except BaseException:
-                if ticket == self._serving:
-                    self._serving += 1
-                    self._cond.notify_all()
-                elif ticket > self._serving:
-                    self._abandoned.add(ticket)
-                raise
-
-    def stats(self) -> dict[str, Any]:
-        """The connection's counters in this process: see :meth:`Budget.stats`."""
-        with self._cond:
-            return self.budget.stats()
-
-    def record_answer(self, sent_at: float) -> None:
-        """Thread-safe :meth:`Budget.record_answer`."""
-        with self._cond:
-            self.budget.record_answer(sent_at, clock())
-
-    def record_rate_limited(self, sent_at: float, retry_after: float | None = None) -> bool:
-        """Thread-safe :meth:`Budget.record_rate_limited`."""
-        with self._cond:
-            return self.budget.record_rate_limited(sent_at, clock(), retry_after)
+                    await _sleep(at - now)
+            finally:
+                self._turn.release()
+        finally:
+            self.queued -= 1
 
 
-# ---------------------------------------------------------------------------------------------
-# One sync pacer per connection id in this process.
+class SyncPacer(_Pacer):
+    """One connection's 429 and outage pauses in one process; get it from :func:`sync_pacer`.
+
+    Airflow 3 runs each task instance in its own process, so a worker's pacer serves one task: a fixed
+    budget, a learned rate or FIFO turns would only space its own few requests (a lone 429 spaced a
+    hook's later calls 6 s apart); waiting out a 429 and an outage is what matters. ``on_kill`` runs
+    in a SIGTERM handler, maybe inside :meth:`acquire` on the same thread: so the lock is reentrant
+    and never held while sleeping, and :meth:`acquire_priority` takes none.
+    """
+
+    def __init__(self, conn_id: str) -> None:
+        self.budget = Budget(conn_id, learn=False, waits=lambda: 1)
+        self._lock = threading.RLock()
+
+    def acquire(self, deadline: float | None = None, sleep: Callable[[float], Any] = time.sleep) -> float:
+        """Wait out any pause, record the send and return its time (see :meth:`AsyncPacer.acquire`)."""
+        while True:
+            with self._lock:
+                now = clock()
+                at = self.budget.next_send_time(now)
+                if at <= now + _EARLY:
+                    self.budget.record_send(now)
+                    return now
+                if deadline is not None and at > deadline:
+                    raise BudgetExhausted(at, self.budget.blocked_by(now))
+            sleep(at - now)
+
+    def acquire_priority(self) -> float:
+        """Record a send that never waits (a stop) and return its time; takes no lock."""
+        now = clock()
+        self.budget.record_send(now)
+        return now
+
 
 _sync_pacers: dict[str, SyncPacer] = {}
-_sync_lock = threading.Lock()
 
 
-def sync_pacer(conn_id: str, per_minute: int | None, per_hour: int | None) -> SyncPacer:
-    """The process's pacer for ``conn_id`` (created on first use; the budget follows the connection)."""
-    with _sync_lock:
-        pacer = _sync_pacers.get(conn_id)
-        if pacer is None:
-            pacer = SyncPacer(Budget(conn_id, per_minute, per_hour))
-            _sync_pacers[conn_id] = pacer
-        elif (pacer.budget.per_minute, pacer.budget.per_hour) != (per_minute, per_hour):
-            with pacer._cond:
-                pacer.budget.configure(per_minute, per_hour)
-        return pacer
+def sync_pacer(conn_id: str) -> SyncPacer:
+    """The process's pacer for ``conn_id`` (created on first use; ``setdefault`` is atomic)."""
+    return _sync_pacers.get(conn_id) or _sync_pacers.setdefault(conn_id, SyncPacer(conn_id))
 
 
 def reset_sync_pacers() -> None:
     """Forget every process-wide pacer (tests)."""
-    with _sync_lock:
-        _sync_pacers.clear()
-
-
-__all__ = [
-    "FORGET_FACTOR",
-    "HOUR",
-    "LEARN_FRACTION",
-    "MINUTE",
-    "MIN_RATE_PER_MINUTE",
-    "PACING_LOG_DELAY",
-    "PAUSE_BASE",
-    "PAUSE_JITTER",
-    "PAUSE_MAX",
-    "RAISE_FACTOR",
-    "RATE_LIMIT_PATIENCE",
-    "RETRY_AFTER_MAX",
-    "SAFETY_MARGIN",
-    "AsyncPacer",
-    "Budget",
-    "BudgetExhausted",
-    "SyncPacer",
-    "clock",
-    "reset_sync_pacers",
-    "sync_pacer",
-]
+    _sync_pacers.clear()
