@@ -38,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -163,24 +164,26 @@ def run_dag(
     if run_conf is not None:
         argv += ["--conf", json.dumps(dict(run_conf))]
     log_path = home / f"dags-test-{dag_id}.log"
+    timed_out = False
     with log_path.open("w+", encoding="utf-8", errors="replace") as log:
+        child = subprocess.Popen(  # noqa: S603 - this interpreter, fixed arguments
+            [sys.executable, "-c", _CHILD, *argv],
+            env=_airflow_env(home, folder, env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a timeout ends the task processes too
+        )
         try:
-            done = subprocess.run(  # noqa: S603 - this interpreter, fixed arguments
-                [sys.executable, "-c", _CHILD, *argv],
-                env=_airflow_env(home, folder, env),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=timeout,
-                check=False,
-            )
-            exit_code = done.returncode
+            exit_code = child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            exit_code = -1
+            timed_out = True
+            os.killpg(child.pid, signal.SIGKILL)
+            exit_code = child.wait()
         log.seek(0)
         output = log.read()
 
     result = _read_result(database, dag_id, output, exit_code, home)
-    if exit_code == -1:
+    if timed_out:
         raise DagRunFailed(f"DAG {dag_id!r} did not finish within {timeout:g} s\n{result.describe()}", result)
     if result.run_id is None:
         lines = output.splitlines()
