@@ -40,7 +40,8 @@ def _conn_fields() -> dict[str, Any]:
         },
         "max_retries": {
             "label": "Max retries",
-            "description": "Retries on 429, 5xx and network errors, with backoff that honours Retry-After. Default 5.",
+            "description": "Retries on 5xx and network errors, with backoff that honours Retry-After. Default 5. "
+            "A 429 never spends one: it pauses the connection.",
             "schema": {**number, "minimum": 0, "default": 5},
         },
         "jwt_algorithm": {

@@ -9,23 +9,26 @@ with ``pytest -p airflow_provider_kore.testing.pytest_plugin``).
 * ``kore_connection`` - the same simulator, with ``AIRFLOW_CONN_KORE_DEFAULT`` pointing at it
   for the duration of the test, so ``kore_default`` resolves to the simulator.
 
-Example, testing your own DAG::
+Example, testing your own DAG (``dags/my_campaign_dag.py`` next to the test file) with
+:func:`~airflow_provider_kore.testing.run_dag`, which runs it through real Airflow on a throwaway
+``AIRFLOW_HOME`` and raises if the run or any task failed (the repository's
+``docs/examples/test_my_dag.py``)::
 
-    from airflow.models import DagBag
+    from pathlib import Path
+
+    from airflow_provider_kore.testing import run_dag
+
+    DAGS = Path(__file__).parent / "dags"  # the folder that holds my_campaign_dag.py
 
 
-    def test_my_campaign_dag_completes(kore_connection):
+    def test_my_dag(kore_connection):  # the simulator, with AIRFLOW_CONN_KORE_DEFAULT pointing at it
         sim = kore_connection
-        sim.complete_after_polls = 2
-        dag = DagBag("dags/", include_examples=False).get_dag("my_campaign_dag")
-        dag.test()
-        assert sim.status_of("cd-sms-welcome-0001") == "Completed"
+        sim.add_campaign("cd-my-campaign", campaign_type="sms")  # every campaign the DAG uses
+        sim.inject_fault("get_campaign_status", status=503, retry_after=0, times=1)
+        run = run_dag(DAGS, "my_campaign_dag", run_conf={"sms_campaign_id": "cd-my-campaign"})
+        assert run.tasks == {"start_sms": "success", "wait_completed": "success"}
+        assert sim.status_of("cd-my-campaign") == "Completed"
         assert sim.count("start_campaign", status_code=200) == 1
-
-
-    def test_my_task_survives_a_503(kore_connection):
-        kore_connection.inject_fault("get_campaign_status", status=503, retry_after=0)
-        ...
 
 Seed your own campaigns with ``kore_simulator.add_campaign("cd-my-id", campaign_type="voice")``.
 """
