@@ -117,3 +117,35 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
     }
+
+
+def connection_form_widgets() -> dict[str, Any]:
+    """The ``conn-fields`` as wtforms fields, for Airflow 3.0 / 3.1's connection form.
+
+    Only ``wtforms`` is needed: their API server turns these fields into the React form's JSON
+    schema; flask_appbuilder widgets and flask_babel labels (Airflow 2's web server) are ignored.
+    """
+    from wtforms import BooleanField, IntegerField, PasswordField, StringField
+    from wtforms.validators import any_of
+
+    widgets: dict[str, Any] = {}
+    for name, spec in _conn_fields().items():
+        schema = spec["schema"]
+        kinds = schema["type"]
+        choices = schema.get("enum")
+        field_class: Any = StringField
+        if "boolean" in kinds:
+            field_class = BooleanField
+        elif "integer" in kinds:
+            field_class = IntegerField
+        elif schema.get("format") == "password":
+            field_class = PasswordField
+        validators = [any_of(choices)] if choices else []
+        widgets[name] = field_class(spec["label"], validators=validators, description=spec["description"])
+    return widgets
+
+
+def ui_field_behaviour() -> dict[str, Any]:
+    """The ``ui-field-behaviour`` in the shape Airflow 3.0 / 3.1 ask the hook for."""
+    behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+    return {key.replace("-", "_"): behaviour[key] for key in ("hidden-fields", "relabeling", "placeholders")}

@@ -1,22 +1,15 @@
-"""The async Kore.ai client the deferrable trigger polls with, shared per event loop and connection.
+"""The async driver of the request engine, shared per event loop and connection.
 
-A triggerer runs hundreds of triggers in one event loop. Each of them gets the same
-:class:`KoreAsyncClient` for its ``kore`` connection through :func:`shared_client`, so the
-whole loop holds one connection lookup, one ``aiohttp.ClientSession`` (one keep-alive pool)
-and one signed JWT per connection, and the session is closed when the last trigger using it
-lets go::
+A triggerer runs hundreds of triggers in one event loop; through :func:`shared_client` they all
+use one :class:`KoreAsyncClient` per connection: one lookup, one ``aiohttp`` session, one JWT,
+one :class:`~airflow_provider_kore.pacing.AsyncPacer` (budget, 429 and outage pauses). Every
+decision comes from :class:`airflow_provider_kore.engine.Exchange`; this module sends, sleeps and
+coalesces status reads of one campaign (a read joins one in flight, or reuses a recent answer)::
 
     async with shared_client("kore_default") as client:
         data = await client.get_campaign_status("cd-voice-renewal-0001")
 
-URLs and answers go through :mod:`airflow_provider_kore.api` exactly as in the sync hook;
-this module only sends and retries. ``aiohttp`` is imported on first use, never at import.
-
-Every request of the loop on one connection takes its turn from the client's
-:class:`~airflow_provider_kore.pacing.AsyncPacer` (the connection's request budget, the
-connection-wide pause after a 429, first come first served), and status reads of one campaign
-are coalesced: a read joins one already in flight, or reuses an answer younger than the
-``max_age`` its caller accepts.
+``aiohttp`` is imported on first use, never at import.
 """
 
 from __future__ import annotations
@@ -26,14 +19,15 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kore import _compat, api, pacing
+from airflow_provider_kore import _compat, api, engine, pacing
 from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreConfigurationError,
-    KoreConnectionError,
-    KoreRateLimitError,
+    KoreError,
     Secrets,
 )
+from airflow_provider_kore.ids import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -93,17 +87,13 @@ class KoreAsyncClient:
     :param kore_conn_id: The ``kore`` connection to read (once) and call Kore.ai with.
     """
 
-    def __init__(self, kore_conn_id: str = api.DEFAULT_CONN_ID) -> None:
+    def __init__(self, kore_conn_id: str = DEFAULT_CONN_ID) -> None:
         self.kore_conn_id = kore_conn_id
-        self._config: api.KoreConnectionConfig | None = None
+        self._config: KoreConnectionConfig | None = None
         self._signer: JwtSigner | None = None
-        # Tokens signed on the loop, waiting for _token() to hand them to the masker.
-        self._unmasked_tokens: list[str] = []
-        self._policy = api.RetryPolicy()
         self._session: aiohttp.ClientSession | None = None
         self._proxy: Any = None
         self._proxy_auth: Any = None
-        self._network_errors: tuple[type[BaseException], ...] = ()
         self._prepared: dict[tuple[str, str, str | None, str | None], api.PreparedCall] = {}
         self._open_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[bool] | None = None
@@ -133,7 +123,7 @@ class KoreAsyncClient:
     # -- state --------------------------------------------------------------------------------
 
     @property
-    def config(self) -> api.KoreConnectionConfig:
+    def config(self) -> KoreConnectionConfig:
         """The validated connection (available once the client is open)."""
         if self._config is None:
             raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
@@ -168,6 +158,7 @@ class KoreAsyncClient:
         max_age: float = 0.0,
         deadline: float | None = None,
         wait: WaitCounters | None = None,
+        patient: bool = False,
     ) -> dict[str, Any]:
         """The campaign's status: the ``data`` object (``id``, ``status``, ``name``).
 
@@ -181,6 +172,8 @@ class KoreAsyncClient:
             :class:`~airflow_provider_kore.exceptions.KoreRateLimitError` is raised. None:
             wait for a turn however long it takes. A 429 is never raised otherwise.
         :param wait: The calling wait's counters (updated in place).
+        :param patient: Ride out an outage: a transient failure pauses the connection and the
+            read is made again after the pause, until ``deadline`` (then the last failure is raised).
         """
         prepared = self._prepare("get_campaign_status", campaign_id, stream_id, None)
         key = prepared.url
@@ -194,7 +187,7 @@ class KoreAsyncClient:
                         return data
             shared = self._inflight.get(key)
             if shared is None:
-                return await self._lead_status_read(key, campaign_id, stream_id, deadline, wait)
+                return await self._lead_status_read(key, campaign_id, stream_id, deadline, wait, patient)
             try:
                 # Shielded: one follower being cancelled must not cancel the read for the others.
                 fetched_at, data = await asyncio.shield(shared)
@@ -210,12 +203,20 @@ class KoreAsyncClient:
             wait.seen_at = fetched_at
 
     async def _lead_status_read(
-        self, key: str, campaign_id: str, stream_id: str | None, deadline: float | None, wait: WaitCounters | None
+        self,
+        key: str,
+        campaign_id: str,
+        stream_id: str | None,
+        deadline: float | None,
+        wait: WaitCounters | None,
+        patient: bool,
     ) -> dict[str, Any]:
         shared: asyncio.Future[tuple[float, dict[str, Any]]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = shared
         try:
-            answer, sent_at = await self._exchange("get_campaign_status", campaign_id, stream_id, None, deadline, wait)
+            answer, sent_at = await self._exchange(
+                "get_campaign_status", campaign_id, stream_id, None, deadline, wait, patient=patient
+            )
         except BaseException as exc:
             if self._inflight.get(key) is shared:
                 del self._inflight[key]
@@ -223,6 +224,8 @@ class KoreAsyncClient:
             abandoned = not isinstance(exc, Exception) or isinstance(exc, _OutOfTime)
             shared.set_exception(_LeaderGone() if abandoned else exc)
             shared.exception()  # retrieved, so asyncio never warns when no one joined
+            if isinstance(exc, _OutOfTime):
+                raise exc.error from None
             raise
         data: dict[str, Any] = answer["data"]
         if len(self._answers) >= _ANSWER_CACHE_SIZE:
@@ -243,11 +246,17 @@ class KoreAsyncClient:
         *,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...).
+        """Stop (``trigger=stop``) a campaign at once; returns Kore's answer (``status``, ``message``, ...).
 
-        :param deadline: As for :meth:`get_campaign_status`.
+        A stop outranks status reads: it does not queue behind them or a pause of the connection,
+        and is retried (a 429 or 503 included) until ``deadline`` (epoch seconds).
         """
-        answer, _ = await self._exchange("stop_campaign", campaign_id, stream_id, campaign_type, deadline, None)
+        try:
+            answer, _ = await self._exchange(
+                "stop_campaign", campaign_id, stream_id, campaign_type, deadline, None, priority=True
+            )
+        except _OutOfTime as exc:
+            raise exc.error from None
         return answer
 
     # -- opening and closing ------------------------------------------------------------------
@@ -269,7 +278,6 @@ class KoreAsyncClient:
 
             self._set_config(config)
             self._proxy, self._proxy_auth = proxy, proxy_auth
-            self._network_errors = (aiohttp.ClientError, asyncio.TimeoutError)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ssl=ssl),
                 timeout=aiohttp.ClientTimeout(total=config.timeout),
@@ -282,22 +290,19 @@ class KoreAsyncClient:
             _forget(self)
             raise
 
-    async def _lookup(self) -> api.KoreConnectionConfig:
+    async def _lookup(self) -> KoreConnectionConfig:
         self.connection_lookups += 1
         # In a worker thread: Airflow's lookup and masker may block on the supervisor.
-        return await _compat.run_sync(api.KoreConnectionConfig.load, self.kore_conn_id)
+        return await _compat.run_sync(KoreConnectionConfig.load, self.kore_conn_id)
 
-    def _set_config(self, config: api.KoreConnectionConfig) -> None:
+    def _set_config(self, config: KoreConnectionConfig) -> None:
         self._config = config
         self._signer = JwtSigner(
             config.client_id,
             config.client_secret,
             algorithm=config.jwt_algorithm,
             per_request=config.jwt_per_request,
-            # Signed on the loop: the masker must not block it, see _token().
-            mask=self._unmasked_tokens.append,
         )
-        self._policy = api.RetryPolicy(max_retries=config.max_retries)
         self._prepared.clear()
         self.pacing.budget.configure(config.max_requests_per_minute, config.max_requests_per_hour)
 
@@ -314,7 +319,7 @@ class KoreAsyncClient:
         if session is not None:
             await session.close()
 
-    async def _reload_credentials(self, used: api.KoreConnectionConfig) -> bool:
+    async def _reload_credentials(self, used: KoreConnectionConfig) -> bool:
         """Re-read the connection after a fresh token was refused; True if the credentials changed."""
         if self._config is not used:  # another request already re-read it
             return True
@@ -331,7 +336,7 @@ class KoreAsyncClient:
             return False
         return self._config is not used
 
-    async def _reload(self, used: api.KoreConnectionConfig) -> bool:
+    async def _reload(self, used: KoreConnectionConfig) -> bool:
         try:
             config = await self._lookup()
         except Exception as exc:
@@ -345,13 +350,6 @@ class KoreAsyncClient:
 
     # -- sending ------------------------------------------------------------------------------
 
-    async def _token(self) -> str:
-        """The signer's token; one signed just now is registered with the masker first."""
-        token = self.signer.token()
-        while self._unmasked_tokens:
-            await _compat.amask_secret(self._unmasked_tokens.pop())
-        return token
-
     def _prepare(
         self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
     ) -> api.PreparedCall:
@@ -359,7 +357,7 @@ class KoreAsyncClient:
         prepared = self._prepared.get(key)
         if prepared is None:
             prepared = api.prepare(
-                self.config, operation, campaign_id, stream_id=stream_id, campaign_type=campaign_type
+                self.config, operation, stream_id=stream_id, campaign_id=campaign_id, campaign_type=campaign_type
             )
             if len(self._prepared) >= _PREPARED_CACHE_SIZE:
                 self._prepared.clear()
@@ -374,144 +372,111 @@ class KoreAsyncClient:
         campaign_type: str | None,
         deadline: float | None,
         wait: WaitCounters | None,
+        *,
+        patient: bool = False,
+        priority: bool = False,
     ) -> tuple[dict[str, Any], float]:
-        """Send with the hook's retry rules, in turn; return (parsed answer, pacing-clock send time).
+        """Send until the engine says done; return (parsed answer, pacing-clock send time)."""
+        import aiohttp
 
-        A 429 pauses the whole connection and the request queues again behind the pause; it
-        never counts as a retry. Other failures follow :class:`~airflow_provider_kore.api.RetryPolicy`.
-        """
         config = self.config
-        prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
-        pacer = self.pacing
-        budget = pacer.budget
+        call = self._prepare(operation, campaign_id, stream_id, campaign_type)
         until = None if deadline is None else pacing.clock() + (deadline - time.time())
-        retries = 0
-        resigned = False
-        reloaded = False
+        exchange = engine.Exchange(
+            call,
+            secrets=Secrets(config.client_secret),
+            max_retries=config.max_retries,
+            patient=patient,
+            priority=priority,
+            deadline=until,
+        )
+        pacer = self.pacing
         while True:
-            if not config.jwt_per_request:
-                # Sign before taking the turn, so the request leaves as soon as it is ours.
-                await self._token()
+            token = self.signer.token()
             try:
-                sent_at = await pacer.acquire(until)
+                sent_at = await pacer.acquire(until, priority=priority)
             except pacing.BudgetExhausted as exc:
-                raise _OutOfTime(
-                    f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r}: "
-                    f"{_NO_TURN[exc.reason]} before the deadline",
-                    operation=prepared.operation,
-                    campaign_id=prepared.campaign_id,
-                ) from None
-            session = self.session
-            signer = self.signer
-            token = await self._token()
+                raise _OutOfTime(exchange.out_of_time(exc.reason)) from None
             self.requests_sent += 1
             if wait is not None:
                 wait.requests += 1
+            what: engine.Answer | engine.NetworkFailure
             try:
-                async with session.request(
-                    prepared.method,
-                    prepared.url,
-                    headers={**prepared.headers, "auth": token},
-                    data=prepared.body,
+                async with self.session.request(
+                    call.method,
+                    call.url,
+                    headers={**call.headers, "auth": token},
+                    data=call.body,
                     proxy=self._proxy,
                     proxy_auth=self._proxy_auth,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=exchange.timeout(pacing.clock(), config.timeout)),
                 ) as response:
-                    status = response.status
                     body = await response.read()
-                    retry_after = response.headers.get("Retry-After")
-            except self._network_errors as exc:
-                cause = _describe(exc, config.timeout)
-                # Both async operations are idempotent; the guard keeps a future one honest.
-                if retries >= self._policy.max_retries or not prepared.endpoint.idempotent:
-                    raise KoreConnectionError(
-                        f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r} failed "
-                        f"after {retries + 1} attempts at {config.base_url}: {cause}",
-                        operation=prepared.operation,
-                        campaign_id=prepared.campaign_id,
-                    ) from None
-                retries += 1
-                await self._backoff(prepared, cause, retries, None)
-                continue
-
-            if status == 429:
-                # Kore's rolling window is full: the connection pauses, this request queues again.
+                    what = engine.Answer(
+                        response.status, body, response.headers.get("Retry-After"), response.headers.get("Location")
+                    )
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                what = network_failure(exc)
+            decision = exchange.decide(what, pacing.clock())
+            pacer.record(decision.pacing, sent_at, decision.retry_after)
+            if decision.pacing == "rate_limited":
                 self.rate_limited += 1
                 if wait is not None:
                     wait.rate_limited += 1
-                budget.record_rate_limited(sent_at, pacing.clock(), api.parse_retry_after(retry_after))
-                log.debug("Kore.ai answered 429 to %s for %s; queued again", prepared.endpoint.label, campaign_id)
-                continue
-            budget.record_answer(sent_at, pacing.clock())
-            if status == 401:
-                if not resigned:
-                    # Clock skew or a token refused early: sign a new one, once. Only the token
-                    # this request used is dropped, so concurrent 401s cause one new signature.
-                    resigned = True
-                    self.auth_refreshes += 1
-                    signer.invalidate(token)
-                    log.info("Kore.ai answered 401 to %s; signing a new token", prepared.endpoint.label)
-                    continue
-                if not reloaded:
-                    reloaded = True
-                    if await self._reload_credentials(config):
-                        config = self.config
-                        prepared = self._prepare(operation, campaign_id, stream_id, campaign_type)
-                        resigned = False
-                        continue
-            if self._policy.should_retry(status, retries) and (
-                prepared.endpoint.idempotent or status in api.REFUSED_STATUS
-            ):
-                retries += 1
-                await self._backoff(prepared, f"HTTP {status}", retries, api.parse_retry_after(retry_after))
-                continue
-            answer = api.parse_answer(
-                prepared, status, body, retry_after=retry_after, secrets=Secrets(config.client_secret, token)
-            )
-            return answer, sent_at
-
-    async def _backoff(self, prepared: api.PreparedCall, cause: str, retry: int, retry_after: float | None) -> None:
-        self.retries += 1
-        delay = self._policy.delay(retry, retry_after)
-        log.warning(
-            "Kore.ai %s for campaign %s: %s; retry %d/%d in %.1fs",
-            prepared.endpoint.label,
-            prepared.campaign_id,
-            cause,
-            retry,
-            self._policy.max_retries,
-            delay,
-        )
-        await _sleep(delay)
+            if decision.action == "done":
+                assert decision.result is not None
+                return decision.result, sent_at
+            if decision.action in ("fail", "unknown"):
+                assert decision.error is not None
+                raise decision.error
+            if decision.action == "resign":
+                self.auth_refreshes += 1
+                self.signer.invalidate(token)
+            elif decision.action == "reload":
+                decision = exchange.reloaded(await self._reload_credentials(config))
+                if decision.action == "fail":
+                    assert decision.error is not None
+                    raise decision.error
+                config = self.config
+                exchange.call = call = self._prepare(operation, campaign_id, stream_id, campaign_type)
+                exchange.secrets = Secrets(config.client_secret)
+            elif decision.action == "retry":
+                self.retries += 1
+                log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
+                await _sleep(decision.delay)
 
 
-class _OutOfTime(KoreRateLimitError):
-    """No turn before the caller's deadline: Kore's rate limit or the connection's budget."""
+class _OutOfTime(Exception):
+    """No turn before the caller's deadline; carries the error the engine chose."""
+
+    def __init__(self, error: KoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
-_NO_TURN = {
-    "budget": "the connection's request budget (max_requests_per_minute / max_requests_per_hour) has no room",
-    "rate limit": "Kore.ai's rate limit (429) leaves no room for a request",
-}
+def network_failure(exc: BaseException) -> engine.NetworkFailure:
+    """What an ``aiohttp`` exception says about the request, without its text (it names the URL)."""
+    import socket
+    import ssl
 
-
-def _describe(exc: BaseException, timeout: float) -> str:
-    """A short, secret-free reason for a network failure (aiohttp's own text names host and URL)."""
     import aiohttp
 
     name = type(exc).__name__
-    connect_timeout = getattr(aiohttp, "ConnectionTimeoutError", ())  # aiohttp 3.10+
-    if isinstance(exc, connect_timeout):
-        return f"{name}: could not connect within {timeout:g}s"
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return engine.NetworkFailure(engine.TLS, f"{name}: the TLS handshake failed")
+    if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):  # aiohttp 3.10+
+        return engine.NetworkFailure(engine.CONNECT, f"{name}: timed out connecting")
     if isinstance(exc, asyncio.TimeoutError):
-        return f"{name}: no complete answer within {timeout:g}s"
+        return engine.NetworkFailure(engine.TIMEOUT, f"{name}: no complete answer in time")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"{name}: could not connect"
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError)):
-        return f"{name}: the connection was dropped before a complete answer came"
-    return name
+        if isinstance(exc.os_error, socket.gaierror):
+            return engine.NetworkFailure(engine.CONNECT, f"{name}: the host name could not be resolved")
+        return engine.NetworkFailure(engine.CONNECT, f"{name}: the connection was refused")
+    return engine.NetworkFailure(engine.DROPPED, f"{name}: the connection was dropped before a complete answer came")
 
 
-def _environment_settings(config: api.KoreConnectionConfig) -> tuple[Any, Any, Any]:
+def _environment_settings(config: KoreConnectionConfig) -> tuple[Any, Any, Any]:
     """TLS verification and proxy for the session (file reads: run in a thread, once per client)."""
     import ssl
 
@@ -585,7 +550,7 @@ class SharedClient:
     last holder closes the session. :meth:`release` may be called again safely.
     """
 
-    def __init__(self, kore_conn_id: str = api.DEFAULT_CONN_ID) -> None:
+    def __init__(self, kore_conn_id: str = DEFAULT_CONN_ID) -> None:
         self.kore_conn_id = kore_conn_id
         self.client: KoreAsyncClient | None = None
 
@@ -610,7 +575,7 @@ class SharedClient:
             await _release(client)
 
 
-def shared_client(kore_conn_id: str = api.DEFAULT_CONN_ID) -> SharedClient:
+def shared_client(kore_conn_id: str = DEFAULT_CONN_ID) -> SharedClient:
     """The running loop's :class:`KoreAsyncClient` for ``kore_conn_id``, as an async context manager."""
     return SharedClient(kore_conn_id)
 

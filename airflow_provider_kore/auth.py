@@ -3,7 +3,12 @@
 Kore.ai's public APIs take a JWT in the ``auth`` header, signed with the JWT app's client
 secret, whose ``appId`` claim is the app's client id. A token is signed once and reused until
 shortly before it expires (or, with ``jwt_per_request``, signed fresh for every request, for
-apps that treat a ``jti`` as single use). Every token is handed to Airflow's secrets masker.
+apps that treat a ``jti`` as single use).
+
+Tokens are NOT handed to Airflow's secrets masker: it rebuilds one regex over every secret at
+each new one, so a token per request would slow a triggerer down month after month. A token
+lives minutes, never reaches a log, exception, XCom or rendered field (the end-to-end leak scans
+check), and JWT-shaped text is masked by Airflow and scrubbed by :func:`~.exceptions.redact`.
 """
 
 from __future__ import annotations
@@ -12,8 +17,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-
-from airflow_provider_kore._compat import mask_secret
 
 #: Lifetime of a signed token. Kore asks for a short one; five minutes covers a slow request.
 TOKEN_LIFETIME = 300.0
@@ -33,7 +36,6 @@ class JwtSigner:
         per_request: bool = False,
         lifetime: float = TOKEN_LIFETIME,
         clock: Callable[[], float] = time.time,
-        mask: Callable[[str], None] = mask_secret,
     ) -> None:
         self._client_id = client_id
         self._secret = client_secret
@@ -41,7 +43,6 @@ class JwtSigner:
         self._per_request = per_request
         self._lifetime = lifetime
         self._clock = clock
-        self._mask = mask
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires_at = 0.0
@@ -72,13 +73,6 @@ class JwtSigner:
         import jwt  # PyJWT pulls in cryptography helpers: keep it off the DAG-parse path
 
         issued = int(now)
-        claims = {
-            "appId": self._client_id,
-            "iat": issued,
-            "exp": issued + int(self._lifetime),
-            "jti": uuid.uuid4().hex,
-        }
-        token = jwt.encode(claims, self._secret, algorithm=self._algorithm)
+        claims = {"appId": self._client_id, "iat": issued, "exp": issued + int(self._lifetime), "jti": uuid.uuid4().hex}
         self.signed += 1
-        self._mask(token)
-        return token
+        return jwt.encode(claims, self._secret, algorithm=self._algorithm)

@@ -4,7 +4,8 @@
 
     KoreError
     ├── KoreConfigurationError      bad input or connection, raised before any request
-    ├── KoreConnectionError         network failure or timeout, after retries
+    ├── KoreConnectionError         network failure or timeout, after retries (TLS failure: at once)
+    ├── KoreOutcomeUnknownError     a start whose answer was lost: never re-sent
     ├── KoreApiError                Kore answered with an error
     │   ├── KoreAuthError           401 / 403: wrong client id or secret, or missing scope
     │   ├── KoreNotFoundError       404: unknown campaign or stream
@@ -66,6 +67,8 @@ class KoreError(AirflowException):
 
     #: True when the same request may succeed if tried again later.
     transient: bool = False
+    #: True when raised because the caller's deadline came (or would) before Kore could answer.
+    deadline_reached: bool = False
 
 
 class KoreConfigurationError(KoreError, ValueError):
@@ -76,14 +79,29 @@ class KoreConfigurationError(KoreError, ValueError):
 
 
 class KoreConnectionError(KoreError):
-    """Kore.ai could not be reached, or did not answer in time, after every retry."""
+    """Kore.ai could not be reached, or did not answer in time (transient), or the TLS handshake failed (not)."""
 
     transient = True
 
-    def __init__(self, message: str, *, operation: str = "", campaign_id: str | None = None) -> None:
+    def __init__(self, message: str, *, operation: str = "", transient: bool = True) -> None:
         super().__init__(message)
         self.operation = operation
-        self.campaign_id = campaign_id
+        self.transient = transient
+
+
+class KoreOutcomeUnknownError(KoreError):
+    """A request that must not be sent twice (a start) got no usable answer: Kore may have acted.
+
+    It is never re-sent by the hook. A task retry of the start operator reads the campaign first
+    and starts it only if the evidence says the lost start did not run.
+    """
+
+    def __init__(self, message: str, *, operation: str = "", cause: str = "", status: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.cause = cause
+        #: The campaign status read after the lost answer, when one could be read.
+        self.status = status
 
 
 class KoreApiError(KoreError):
@@ -168,6 +186,7 @@ __all__ = [
     "KoreConnectionError",
     "KoreError",
     "KoreNotFoundError",
+    "KoreOutcomeUnknownError",
     "KoreRateLimitError",
     "KoreServerError",
     "Secrets",

@@ -308,6 +308,15 @@ class _Pacer:
         with self._lock:
             return self.budget.record_unavailable(sent_at, clock())
 
+    def record(self, event: str | None, sent_at: float, retry_after: float | None = None) -> None:
+        """What the engine's decision says to record: ``answer``, ``rate_limited``, ``unavailable``."""
+        if event == "answer":
+            self.record_answer(sent_at)
+        elif event == "rate_limited":
+            self.record_rate_limited(sent_at, retry_after)
+        elif event == "unavailable":
+            self.record_unavailable(sent_at)
+
 
 class AsyncPacer(_Pacer):
     """Turns for one connection in one event loop, first come first served (an asyncio.Lock is FIFO):

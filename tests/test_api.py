@@ -1,4 +1,4 @@
-"""The shared API layer: endpoint table, input validation, connection parsing, answer mapping, retries."""
+"""The shared API layer: endpoint table, input validation, connection parsing, answer mapping, backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from airflow_provider_kore import api
+from airflow_provider_kore import api, engine
+from airflow_provider_kore.config import KoreConnectionConfig, normalise_base_url
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -38,7 +39,7 @@ def make_conn(**overrides):
 def config(**extra):
     base = {"account_id": "acc-1", "stream_id": "st-1"}
     base.update(extra)
-    return api.KoreConnectionConfig.from_connection(make_conn(extra_dejson=base))
+    return KoreConnectionConfig.from_connection(make_conn(extra_dejson=base), conn_id="kore_unit")
 
 
 # -- the endpoint table -----------------------------------------------------------------------
@@ -83,10 +84,34 @@ def config(**extra):
             "POST",
             "https://platform.kore.ai/api/v2/public/st-1/campaign/trigger/cd-1?accountId=acc-1&campaignType=sms&trigger=stop",
         ),
+        (
+            "list_campaigns",
+            None,
+            "POST",
+            "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/getAllCampaignDetails?accountId=acc-1",
+        ),
+        (
+            "get_campaign_contacts",
+            None,
+            "POST",
+            "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/cd-1/status?view=contacts",
+        ),
+        (
+            "create_contact_list",
+            None,
+            "POST",
+            "https://platform.kore.ai/campaign/api/v2/public/st-1/campaign/contactList/createContactList?accountId=acc-1",
+        ),
+        (
+            "add_contacts",
+            None,
+            "POST",
+            "https://platform.kore.ai/api/1.1/public/st-1/campaign/contactList/addContacts",
+        ),
     ],
 )
 def test_prepare_follows_the_documented_pages(operation, campaign_type, method, url):
-    call = api.prepare(config(), operation, "cd-1", campaign_type=campaign_type)
+    call = api.prepare(config(), operation, campaign_id="cd-1", campaign_type=campaign_type)
     assert call.method == method
     assert call.url == url
     assert call.headers["iid"] == "st-1"
@@ -100,24 +125,44 @@ def test_prepare_follows_the_documented_pages(operation, campaign_type, method, 
         assert "Content-Type" not in call.headers
 
 
-def test_stop_page_path_has_no_leading_campaign_segment():
-    assert api.ENDPOINTS["stop_campaign"].path.startswith("/api/v2/public/")
-    assert all(ep.path.startswith("/campaign/") for op, ep in api.ENDPOINTS.items() if op != "stop_campaign")
+def test_a_body_is_sent_as_compact_json():
+    call = api.prepare(config(), "list_campaigns", body={"type": "sms", "page": 2})
+    assert json.loads(call.body) == {"type": "sms", "page": 2}
+    assert b" " not in call.body
 
 
 def test_operation_stream_id_overrides_connection_and_feeds_iid():
-    call = api.prepare(config(), "get_campaign_status", "cd-1", stream_id="st-other")
+    call = api.prepare(config(), "get_campaign_status", campaign_id="cd-1", stream_id="st-other")
     assert "/public/st-other/" in call.url
     assert call.headers["iid"] == "st-other"
+    assert (call.stream_id, call.stream_source) == ("st-other", "the task")
 
 
 def test_explicit_iid_extra_wins_over_stream_id():
-    call = api.prepare(config(iid="st-app"), "get_campaign", "cd-1", stream_id="st-other")
+    call = api.prepare(config(iid="st-app"), "get_campaign", campaign_id="cd-1", stream_id="st-other")
     assert call.headers["iid"] == "st-app"
+    add = api.prepare(config(iid="st-app"), "add_contacts", body={})
+    assert "/api/1.1/public/st-app/" in add.url
 
 
-def test_only_start_is_not_idempotent():
-    assert {op for op, ep in api.ENDPOINTS.items() if not ep.idempotent} == {"start_campaign"}
+def test_a_prepared_call_says_what_it_is_about_and_where_its_stream_came_from():
+    call = api.prepare(config(), "get_campaign_status", campaign_id="cd-1")
+    assert call.where == "Kore.ai get campaign status for campaign 'cd-1'"
+    assert call.subject == "campaign 'cd-1'"
+    assert (call.stream_id, call.stream_source) == ("st-1", "connection 'kore_unit'")
+    assert (call.base_url, call.conn_id) == ("https://platform.kore.ai", "kore_unit")
+    named = api.prepare(config(), "create_contact_list", body={}, subject="contact list 'x'")
+    assert named.where == "Kore.ai create contact list for contact list 'x'"
+    assert api.prepare(config(), "list_campaigns").where == "Kore.ai list campaigns"
+
+
+def test_only_calls_that_must_not_run_twice_are_not_idempotent():
+    # A lost answer to one of these is never re-sent (the engine's "unknown outcome").
+    assert {op for op, ep in api.ENDPOINTS.items() if not ep.idempotent} == {
+        "start_campaign",
+        "create_contact_list",
+        "add_contacts",
+    }
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -143,25 +188,25 @@ def test_only_start_is_not_idempotent():
 )
 def test_bad_campaign_ids_are_refused_naming_the_field(value, fragment):
     with pytest.raises(KoreConfigurationError) as err:
-        api.prepare(config(), "get_campaign_status", value)
+        api.prepare(config(), "get_campaign_status", campaign_id=value)
     assert "campaign_id" in str(err.value)
     assert fragment in str(err.value)
 
 
 def test_bad_stream_id_is_refused():
     with pytest.raises(KoreConfigurationError, match="stream_id"):
-        api.prepare(config(), "get_campaign_status", "cd-1", stream_id="st/../x")
+        api.prepare(config(), "get_campaign_status", campaign_id="cd-1", stream_id="st/../x")
 
 
 @pytest.mark.parametrize("campaign_type", ["email", "", None, 3, "SMS "])
 def test_campaign_type_is_checked(campaign_type):
     if campaign_type == "SMS ":  # case and surrounding blanks are forgiven
-        assert api.prepare(config(), "start_campaign", "cd-1", campaign_type=campaign_type).url.endswith(
+        assert api.prepare(config(), "start_campaign", campaign_id="cd-1", campaign_type=campaign_type).url.endswith(
             "campaignType=sms&trigger=play"
         )
         return
     with pytest.raises(KoreConfigurationError, match="campaign_type"):
-        api.prepare(config(), "start_campaign", "cd-1", campaign_type=campaign_type)
+        api.prepare(config(), "start_campaign", campaign_id="cd-1", campaign_type=campaign_type)
 
 
 @pytest.mark.parametrize(
@@ -183,18 +228,31 @@ def test_campaign_type_is_checked(campaign_type):
         ({"extra_dejson": {"account_id": "a", "jwt_per_request": "maybe"}}, "jwt_per_request"),
     ],
 )
-def test_incomplete_connections_are_refused_naming_the_field(overrides, field):
+def test_incomplete_connections_are_refused_naming_the_field_and_the_connection(overrides, field):
     with pytest.raises(KoreConfigurationError) as err:
-        api.KoreConnectionConfig.from_connection(make_conn(**overrides))
+        KoreConnectionConfig.from_connection(make_conn(**overrides), conn_id="kore_prod")
     assert field in str(err.value)
+    assert str(err.value).startswith("kore connection 'kore_prod': ")
     assert SECRET not in str(err.value)
 
 
+def test_configuration_errors_name_the_connections_own_id_when_none_is_given():
+    with pytest.raises(KoreConfigurationError, match=r"^kore connection 'kore_eu': .*account_id"):
+        KoreConnectionConfig.from_connection(make_conn(extra_dejson={}, conn_id="kore_eu"))
+
+
 def test_missing_stream_id_everywhere_is_refused_before_any_request():
-    cfg = api.KoreConnectionConfig.from_connection(make_conn(extra_dejson={"account_id": "a"}))
-    with pytest.raises(KoreConfigurationError, match="stream_id"):
-        api.prepare(cfg, "get_campaign_status", "cd-1")
-    assert "/public/st-9/" in api.prepare(cfg, "get_campaign_status", "cd-1", stream_id="st-9").url
+    cfg = KoreConnectionConfig.from_connection(make_conn(extra_dejson={"account_id": "a"}), conn_id="kore_eu")
+    with pytest.raises(KoreConfigurationError, match="stream_id") as err:
+        api.prepare(cfg, "get_campaign_status", campaign_id="cd-1")
+    assert "'kore_eu'" in str(err.value)
+    assert "/public/st-9/" in api.prepare(cfg, "get_campaign_status", campaign_id="cd-1", stream_id="st-9").url
+
+
+def test_resolve_stream_id_says_where_the_id_came_from():
+    cfg = config()
+    assert cfg.resolve_stream_id(None) == ("st-1", "connection 'kore_unit'")
+    assert cfg.resolve_stream_id("st-2") == ("st-2", "the task")
 
 
 @pytest.mark.parametrize(
@@ -210,14 +268,14 @@ def test_missing_stream_id_everywhere_is_refused_before_any_request():
     ],
 )
 def test_host_forms(host, port, schema, expected):
-    assert api.normalise_base_url(host, port=port, schema=schema) == expected
+    assert normalise_base_url(host, port=port, schema=schema) == expected
 
 
-def test_extras_parse_strings_from_the_form_and_prefixed_keys():
-    cfg = api.KoreConnectionConfig.from_connection(
+def test_extras_parse_strings_from_the_form():
+    cfg = KoreConnectionConfig.from_connection(
         make_conn(
             extra_dejson={
-                "extra__kore__account_id": "acc-9",
+                "account_id": "acc-9",
                 "stream_id": "st-9",
                 "timeout": "12.5",
                 "max_retries": "2",
@@ -240,6 +298,14 @@ def test_extras_parse_strings_from_the_form_and_prefixed_keys():
     assert cfg.max_requests_per_hour is None
 
 
+def test_airflow_2_prefixed_extras_are_not_read():
+    # Airflow 3 stores extras unprefixed; the old ``extra__kore__`` keys are ignored (issue 13).
+    with pytest.raises(KoreConfigurationError, match="account_id"):
+        KoreConnectionConfig.from_connection(
+            make_conn(extra_dejson={"extra__kore__account_id": "acc-9", "stream_id": "st-9"})
+        )
+
+
 def test_verify_may_name_a_ca_bundle():
     assert config(verify="/etc/ssl/certs/ca.pem").verify == "/etc/ssl/certs/ca.pem"
 
@@ -251,8 +317,8 @@ def test_config_repr_hides_the_secret():
 # -- answers ------------------------------------------------------------------------------------
 
 
-def status_call():
-    return api.prepare(config(), "get_campaign_status", "cd-1")
+def status_call(**kwargs):
+    return api.prepare(config(), "get_campaign_status", campaign_id="cd-1", **kwargs)
 
 
 def test_good_status_answer_is_returned():
@@ -283,9 +349,32 @@ def test_error_answers_map_to_one_exception_each(code, cls):
     assert exc.http_status == code
     assert exc.kore_message == "Campaign is not active"
     assert exc.operation == "get_campaign_status"
-    assert exc.campaign_id == "cd-1"
     for part in ("get campaign status", "'cd-1'", f"HTTP {code}", "Campaign is not active"):
         assert part in str(exc)
+
+
+def test_api_errors_carry_the_campaign_id():
+    # KoreApiError declares a public campaign_id; the answer's call knows it (it was set before the rewrite).
+    with pytest.raises(KoreNotFoundError) as err:
+        api.parse_answer(status_call(), 404, json.dumps({"errors": [{"msg": "Campaign not found"}]}))
+    assert err.value.campaign_id == "cd-1"
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_auth_errors_name_the_connection_and_its_credential_fields(code):
+    with pytest.raises(KoreAuthError) as err:
+        api.parse_answer(status_call(), code, json.dumps({"errors": [{"msg": "Invalid token"}]}))
+    message = str(err.value)
+    assert "'kore_unit'" in message
+    assert "Client ID / Client Secret" in message
+
+
+@pytest.mark.parametrize(("stream_id", "source"), [(None, "connection 'kore_unit'"), ("st-9", "the task")])
+def test_not_found_names_the_stream_id_and_where_it_came_from(stream_id, source):
+    call = status_call(stream_id=stream_id)
+    with pytest.raises(KoreNotFoundError) as err:
+        api.parse_answer(call, 404, json.dumps({"errors": [{"msg": "Not found"}]}))
+    assert f"stream id {call.stream_id!r} from {source}" in str(err.value)
 
 
 def test_transient_flags():
@@ -296,10 +385,11 @@ def test_transient_flags():
     assert not KoreApiError.transient
 
 
-def test_rate_limit_carries_retry_after():
-    with pytest.raises(KoreRateLimitError) as err:
-        api.parse_answer(status_call(), 429, "{}", retry_after="7")
-    assert err.value.retry_after == 7
+def test_a_429s_retry_after_reaches_the_pacer():
+    exchange = engine.Exchange(status_call(), secrets=Secrets(SECRET), max_retries=0)
+    decision = exchange.decide(engine.Answer(429, b"{}", retry_after="7"), 0.0)
+    assert decision.action == "requeue"
+    assert (decision.pacing, decision.retry_after) == ("rate_limited", 7.0)
 
 
 def test_200_with_status_failure_is_an_error_carrying_kores_message():
@@ -341,7 +431,7 @@ def test_secrets_and_jwts_in_kores_text_are_redacted():
     assert token not in (err.value.kore_message or "")
 
 
-# -- retries ------------------------------------------------------------------------------------
+# -- backoff (engine) --------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -349,15 +439,15 @@ def test_secrets_and_jwts_in_kores_text_are_redacted():
     [("5", 5.0), ("0", 0.0), ("1.5", 1.5), (None, None), ("", None), ("soon", None), ("-3", 0.0)],
 )
 def test_parse_retry_after_seconds(value, expected):
-    assert api.parse_retry_after(value) == expected
+    assert engine.parse_retry_after(value) == expected
 
 
 def test_parse_retry_after_http_date():
-    assert api.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
+    assert engine.parse_retry_after("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == pytest.approx(10.0)
 
 
 def test_backoff_grows_is_jittered_and_capped():
-    policy = api.RetryPolicy(max_retries=10, backoff_base=1.0, backoff_max=8.0)
+    policy = engine.RetryPolicy(max_retries=10, backoff_base=1.0, backoff_max=8.0)
     delays = [policy.delay(n) for n in range(1, 8)]
     assert all(0.5 <= d <= 8.0 for d in delays)
     assert policy.delay(1) <= 1.0
@@ -365,21 +455,35 @@ def test_backoff_grows_is_jittered_and_capped():
 
 
 def test_retry_after_is_a_floor_and_capped():
-    policy = api.RetryPolicy(retry_after_max=60.0)
+    policy = engine.RetryPolicy()
     assert policy.delay(1, retry_after=20.0) >= 20.0
-    assert policy.delay(1, retry_after=3600.0) == 60.0
+    assert policy.delay(1, retry_after=3600.0) == 120.0
 
 
-def test_only_429_and_5xx_gateway_errors_are_retried():
-    policy = api.RetryPolicy(max_retries=2)
-    assert [c for c in (400, 401, 403, 404, 409, 429, 500, 501, 502, 503, 504) if policy.should_retry(c, 0)] == [
-        429,
-        500,
-        502,
-        503,
-        504,
-    ]
-    assert not policy.should_retry(503, 2)
+@pytest.mark.parametrize(
+    ("code", "action"),
+    [
+        (400, "fail"),
+        (403, "fail"),
+        (404, "fail"),
+        (409, "fail"),
+        (429, "requeue"),
+        (500, "retry"),
+        (501, "fail"),
+        (502, "retry"),
+        (503, "retry"),
+        (504, "retry"),
+    ],
+)
+def test_only_429_and_5xx_gateway_errors_are_sent_again(code, action):
+    exchange = engine.Exchange(status_call(), secrets=Secrets(SECRET), max_retries=2)
+    assert exchange.decide(engine.Answer(code, b"{}"), 0.0).action == action
+
+
+def test_a_read_is_not_retried_past_max_retries():
+    exchange = engine.Exchange(status_call(), secrets=Secrets(SECRET), max_retries=2)
+    actions = [exchange.decide(engine.Answer(503, b"{}"), 0.0).action for _ in range(3)]
+    assert actions == ["retry", "retry", "fail"]
 
 
 def test_secrets_never_show_in_a_repr():

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import threading
+import socket
 import time
 from urllib.parse import urlsplit
 
 import jwt
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from airflow_provider_kore import pacing
 from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -22,6 +23,7 @@ from airflow_provider_kore.exceptions import (
     KoreConfigurationError,
     KoreConnectionError,
     KoreNotFoundError,
+    KoreOutcomeUnknownError,
     KoreRateLimitError,
     KoreServerError,
 )
@@ -33,6 +35,8 @@ STATUS_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1/status?accountId
 CAMPAIGN_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1?accountId=acc-1"
 START_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1?campaignType=sms&trigger=play"
 STOP_URL = f"{BASE}/api/v2/public/st-1/campaign/trigger/cd-1?accountId=acc-1&campaignType=voice&trigger=stop"
+LIST_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/getAllCampaignDetails?accountId=acc-1"
+CONTACTS_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1/status?view=contacts"
 STATUS_BODY = {"status": "success", "data": {"id": "cd-1", "status": "Active", "name": "Welcome"}}
 START_BODY = {"status": "Active", "message": "Campaign Started", "updatedAt": "2025-12-05T12:05:23.765Z"}
 STOP_BODY = {
@@ -150,12 +154,13 @@ def test_stream_override(hook, requests_mock):
     assert requests_mock.request_history[0].headers["iid"] == "st-2"
 
 
-def test_every_request_has_a_timeout(hook, requests_mock, monkeypatch):
+def test_every_request_has_a_connect_and_read_timeout_and_follows_no_redirect(hook, requests_mock, monkeypatch):
     seen = []
     real = requests.Session.request
 
     def spy(self, *args, **kwargs):
         seen.append(kwargs.get("timeout"))
+        assert kwargs.get("allow_redirects") is False
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(requests.Session, "request", spy)
@@ -278,11 +283,49 @@ def test_401_re_signs_once_and_retries(hook, requests_mock):
     assert hook.signer.signed == 2
 
 
-def test_401_twice_is_an_auth_error(hook, requests_mock):
+def test_401_twice_rereads_the_connection_then_is_an_auth_error(hook, requests_mock, monkeypatch):
+    loads = []
+    real_load = KoreConnectionConfig.load.__func__
+
+    def counting(cls, conn_id):
+        loads.append(conn_id)
+        return real_load(cls, conn_id)
+
+    _ = hook.config  # the first lookup
+    monkeypatch.setattr(KoreConnectionConfig, "load", classmethod(counting))
     requests_mock.post(STATUS_URL, status_code=401, json={"errors": [{"msg": "Invalid token", "code": 401}]})
-    with pytest.raises(KoreAuthError, match="Invalid token"):
+    with pytest.raises(KoreAuthError, match="Invalid token") as err:
         hook.get_campaign_status("cd-1")
     assert requests_mock.call_count == 2
+    assert loads == ["kore_default"]  # one re-read after the fresh token was refused too
+    assert "Client ID / Client Secret" in str(err.value)
+    assert "'kore_default'" in str(err.value)
+    assert SECRET not in str(err.value)
+
+
+def test_a_rotated_secret_is_picked_up_after_a_second_401(monkeypatch, requests_mock):
+    old = "old-client-secret-0123456789abcdef0123"
+    set_conn(monkeypatch, password=old)
+    hook = KoreHook()
+    hook._sleep = lambda seconds: None
+    _ = hook.config
+    answered = []
+
+    def answer(request, context):
+        try:
+            jwt.decode(request.headers["auth"], SECRET, algorithms=["HS256"])
+        except jwt.InvalidSignatureError:
+            set_conn(monkeypatch)  # the new secret lands in the connection meanwhile
+            context.status_code = 401
+            answered.append(401)
+            return {"errors": [{"msg": "Invalid token"}]}
+        answered.append(200)
+        return STATUS_BODY
+
+    requests_mock.post(STATUS_URL, json=answer)
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert answered == [401, 401, 200]
+    assert hook.config.client_secret == SECRET
 
 
 # -- retries ---------------------------------------------------------------------------------------
@@ -312,13 +355,10 @@ def test_429_pauses_the_connection_without_using_a_retry(monkeypatch, requests_m
     hook._sleep = clock.sleep
     requests_mock.post(STATUS_URL, [{"status_code": 429, "json": {}}] * 2 + [{"json": STATUS_BODY}])
     assert hook.get_campaign_status("cd-1")["status"] == "Active"
-    assert requests_mock.call_count == 3
-    # Paused 2-3 s after the first 429 and 4-6 s after the second (doubling, with jitter), but
-    # at least the learned spacing: nothing was accepted, so the floor of 10 requests/min.
-    assert clock.sleeps[0] >= max(pacing.PAUSE_BASE, 61 / pacing.MIN_RATE_PER_MINUTE) - 1e-6
-    assert sum(clock.sleeps) >= pacing.PAUSE_BASE * 3
-    assert hook.pacer.stats()["pauses"] == 2
-    assert hook.pacer.stats()["rate_limited"] == 2
+    assert requests_mock.call_count == 3  # max_retries=0: a 429 spends no retry
+    # Each re-send came after a pause, not at once.
+    assert len(clock.sleeps) >= 2
+    assert all(pause > 0 for pause in clock.sleeps)
 
 
 def test_retry_after_is_honoured(hook, requests_mock):
@@ -345,7 +385,27 @@ def test_429s_give_up_after_the_patience_without_a_deadline(hook, requests_mock,
     requests_mock.post(STATUS_URL, status_code=429, json={})
     with pytest.raises(KoreRateLimitError, match="rate limit"):
         hook.get_campaign_status("cd-1")
-    assert pacing.RATE_LIMIT_PATIENCE - pacing.PAUSE_MAX * 2 <= sum(clock.sleeps) <= pacing.RATE_LIMIT_PATIENCE
+    assert pacing.RATE_LIMIT_PATIENCE / 2 <= sum(clock.sleeps) <= pacing.RATE_LIMIT_PATIENCE
+
+
+def test_a_429_pause_past_the_deadline_is_a_rate_limit_error_without_waiting_it_out(monkeypatch, requests_mock, clock):
+    set_conn(monkeypatch)
+    hook = KoreHook(deadline=time.time() + 30)
+    hook._sleep = clock.sleep
+    requests_mock.post(STATUS_URL, status_code=429, headers={"Retry-After": "60"}, json={})
+    with pytest.raises(KoreRateLimitError, match="before the deadline") as err:
+        hook.get_campaign_status("cd-1")
+    assert err.value.deadline_reached
+    assert requests_mock.call_count == 1
+    assert sum(clock.sleeps) <= 30
+
+
+def test_a_call_deadline_overrides_the_hooks(hook, requests_mock, clock):
+    requests_mock.post(STATUS_URL, status_code=429, headers={"Retry-After": "60"}, json={})
+    with pytest.raises(KoreRateLimitError, match="before the deadline"):
+        hook.get_campaign_status("cd-1", deadline=time.time() + 10)
+    assert requests_mock.call_count == 1
+    assert sum(clock.sleeps) <= 10
 
 
 def test_huge_retry_after_is_capped(hook, requests_mock):
@@ -370,13 +430,90 @@ def test_connection_errors_are_retried_then_raised(hook, requests_mock):
     with pytest.raises(KoreConnectionError) as err:
         hook.get_campaign_status("cd-1")
     assert requests_mock.call_count == 4
+    assert err.value.transient
     assert "get campaign status" in str(err.value)
     assert "'cd-1'" in str(err.value)
+    assert "timed out connecting" in str(err.value)
+    assert "after 4 attempts" in str(err.value)
+
+
+def refused():
+    reason = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+    return requests.exceptions.ConnectionError(MaxRetryError(None, "/x", reason=reason))
+
+
+def unresolvable():
+    reason = NameResolutionError("kore.test", None, socket.gaierror(-2, "Name or service not known"))
+    return requests.exceptions.ConnectionError(MaxRetryError(None, "/x", reason=reason))
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause"),
+    [
+        (refused, "the connection was refused"),
+        (unresolvable, "the host name could not be resolved"),
+        (lambda: requests.exceptions.ReadTimeout(), "no answer in time"),
+        (lambda: requests.exceptions.ConnectionError("Connection aborted."), "dropped before an answer came"),
+    ],
+)
+def test_network_failures_name_their_cause_and_are_retried(hook, requests_mock, exc, cause):
+    requests_mock.post(STATUS_URL, exc=exc())
+    with pytest.raises(KoreConnectionError) as err:
+        hook.get_campaign_status("cd-1")
+    assert cause in str(err.value)
+    assert BASE in str(err.value)
+    assert requests_mock.call_count == 4
+
+
+def test_a_tls_handshake_failure_fails_at_once_naming_plain_http(hook, requests_mock):
+    requests_mock.post(STATUS_URL, exc=requests.exceptions.SSLError("wrong version number"))
+    with pytest.raises(KoreConnectionError) as err:
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 1
+    assert hook.sleeps == []
+    assert err.value.transient is False
+    assert "plain HTTP" in str(err.value)
+
+
+@pytest.mark.parametrize("code", [302, 308])
+def test_a_redirect_is_an_error_naming_it_never_followed(hook, requests_mock, code):
+    requests_mock.post(STATUS_URL, status_code=code, headers={"Location": "https://elsewhere.example/x"})
+    requests_mock.post("https://elsewhere.example/x", json=STATUS_BODY)
+    with pytest.raises(KoreApiError) as err:
+        hook.get_campaign_status("cd-1")
+    assert requests_mock.call_count == 1
+    assert err.value.http_status == code
+    assert "redirect" in str(err.value)
+    assert "elsewhere.example" in str(err.value)
 
 
 def test_read_timeout_on_a_read_is_retried(hook, requests_mock):
     requests_mock.post(STATUS_URL, [{"exc": requests.exceptions.ReadTimeout}, {"json": STATUS_BODY}])
     assert hook.get_campaign_status("cd-1")["status"] == "Active"
+
+
+@pytest.mark.parametrize(
+    ("method", "call", "url"),
+    [
+        ("get", lambda h: h.get_campaign("cd-1"), CAMPAIGN_URL),
+        ("post", lambda h: h.stop_campaign("cd-1"), STOP_URL),
+        ("post", lambda h: list(h.list_campaigns("sms")), LIST_URL),
+        ("post", lambda h: list(h.iter_campaign_contacts("cd-1")), CONTACTS_URL),
+    ],
+)
+def test_other_reads_are_retried_on_transient_failures(hook, requests_mock, method, call, url):
+    answers = {
+        CAMPAIGN_URL: {"status": "success", "data": {"_id": "cd-1"}},
+        STOP_URL: STOP_BODY,
+        LIST_URL: {"status": "success", "data": {"results": [], "hasMore": False}},
+        CONTACTS_URL: {"status": "success", "data": {"results": [], "totalPages": 1}},
+    }
+    getattr(requests_mock, method)(
+        url, [{"status_code": 502, "text": "gateway"}, {"exc": requests.exceptions.ReadTimeout}, {"json": answers[url]}]
+    )
+    call(hook)
+    assert requests_mock.call_count == 3
+    assert len(hook.sleeps) == 2
 
 
 def test_max_retries_override(monkeypatch, requests_mock):
@@ -389,113 +526,46 @@ def test_max_retries_override(monkeypatch, requests_mock):
     assert requests_mock.call_count == 1
 
 
-# -- the request budget ---------------------------------------------------------------------------
-
-
-def test_the_budget_spaces_requests_evenly(monkeypatch, requests_mock, clock):
-    set_conn(monkeypatch, max_requests_per_minute=30)
-    hook = KoreHook()
-    hook._sleep = clock.sleep
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)
-    sent = []
-    for _ in range(40):
-        hook.get_campaign_status("cd-1")
-        sent.append(clock.now)
-    gaps = [b - a for a, b in itertools.pairwise(sent)]
-    assert min(gaps) == pytest.approx(61 / 30)
-    # Never more than 30 in any rolling minute.
-    assert max(sum(1 for t in sent if start - 60 < t <= start) for start in sent) <= 30
-
-
-def test_hooks_on_one_connection_share_the_budget(monkeypatch, requests_mock, clock):
-    set_conn(monkeypatch, max_requests_per_minute=6)
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)
-    first, second = KoreHook(), KoreHook()
-    first._sleep = second._sleep = clock.sleep
-    assert first.pacer is second.pacer
-    first.get_campaign_status("cd-1")
-    second.get_campaign_status("cd-1")
-    assert clock.sleeps == [pytest.approx(61 / 6)]
-
-
-def test_other_connections_have_their_own_budget(monkeypatch, requests_mock, clock):
-    set_conn(monkeypatch, max_requests_per_minute=6)
-    set_conn(monkeypatch, conn_id="kore_other", max_requests_per_minute=6)
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)
-    KoreHook().get_campaign_status("cd-1")
-    KoreHook("kore_other").get_campaign_status("cd-1")
-    assert clock.sleeps == []
-
-
-def test_no_turn_before_the_deadline_is_a_rate_limit_error(monkeypatch, requests_mock, clock):
-    set_conn(monkeypatch, max_requests_per_minute=1)
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)
-    hook = KoreHook(deadline=time.time() + 30)
-    hook._sleep = clock.sleep
-    hook.get_campaign_status("cd-1")
-    with pytest.raises(KoreRateLimitError, match="request budget"):
-        hook.get_campaign_status("cd-1")
-    assert requests_mock.call_count == 1
-    assert clock.sleeps == []  # no point waiting: the turn comes after the deadline
-
-
-def test_threads_take_turns_in_order(monkeypatch, requests_mock):
-    monkeypatch.setattr(pacing, "clock", time.monotonic)
-    set_conn(monkeypatch, max_requests_per_minute=600)  # one request every 0.1 s
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)
-    turns: list[float] = []
-    real_acquire = pacing.SyncPacer.acquire
-
-    def recording_acquire(self, *args, **kwargs):
-        at = real_acquire(self, *args, **kwargs)
-        turns.append(at)
-        return at
-
-    monkeypatch.setattr(pacing.SyncPacer, "acquire", recording_acquire)
-
-    def worker():
-        hook = KoreHook()
-        for _ in range(3):
-            hook.get_campaign_status("cd-1")
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert requests_mock.call_count == 12
-    turns.sort()
-    assert len(turns) == 12
-    assert min(b - a for a, b in itertools.pairwise(turns)) >= 61 / 600 - 1e-6
-
-
 # -- a start whose outcome is unknown --------------------------------------------------------------
 
 
-def test_unanswered_start_of_a_campaign_that_started_is_not_resent(hook, requests_mock):
-    requests_mock.post(START_URL, exc=requests.exceptions.ReadTimeout)
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)  # Active
-    result = hook.start_campaign("cd-1")
-    assert result["status"] == "Active"
-    starts = [r for r in requests_mock.request_history if "trigger=play" in r.url]
-    assert len(starts) == 1
+def start_posts(requests_mock) -> int:
+    return sum(1 for r in requests_mock.request_history if r.method == "POST" and "trigger=play" in r.url)
 
 
-def test_unanswered_start_of_a_campaign_still_ready_is_resent(hook, requests_mock):
-    requests_mock.post(START_URL, [{"exc": requests.exceptions.ConnectionError("reset")}, {"json": START_BODY}])
-    ready = {"status": "success", "data": {"id": "cd-1", "status": "Ready", "name": "n"}}
-    requests_mock.post(STATUS_URL, json=ready)
-    assert hook.start_campaign("cd-1") == START_BODY
-    kinds = ["status" if "/status" in r.url else "start" for r in requests_mock.request_history]
-    assert kinds == ["start", "status", "start"]
+@pytest.mark.parametrize(
+    ("lost", "cause"),
+    [
+        ({"status_code": 500, "text": "oops"}, "HTTP 500"),
+        ({"status_code": 502, "text": "gateway"}, "HTTP 502"),
+        ({"status_code": 504, "text": "gateway"}, "HTTP 504"),
+        ({"exc": requests.exceptions.ReadTimeout}, "no answer in time"),
+        ({"exc": requests.exceptions.ConnectionError("Connection aborted.")}, "dropped"),
+    ],
+)
+@pytest.mark.parametrize("status", ["Active", "Ready", "Completed", "Preparing"])
+def test_a_start_whose_answer_was_lost_is_never_resent_and_names_the_status(hook, requests_mock, lost, cause, status):
+    requests_mock.post(START_URL, [lost, {"json": START_BODY}])
+    requests_mock.post(STATUS_URL, json={"status": "success", "data": {"id": "cd-1", "status": status, "name": "n"}})
+    with pytest.raises(KoreOutcomeUnknownError) as err:
+        hook.start_campaign("cd-1")
+    assert start_posts(requests_mock) == 1
+    assert sum("/status" in r.url for r in requests_mock.request_history) == 1  # read once afterwards
+    assert err.value.status == status
+    assert repr(status) in str(err.value)
+    assert cause in str(err.value)
+    assert "'cd-1'" in str(err.value)
+    assert hook.sleeps == []
 
 
-@pytest.mark.parametrize("code", [500, 502, 504])
-def test_gateway_error_on_start_reads_status_before_resending(hook, requests_mock, code):
-    requests_mock.post(START_URL, status_code=code, text="gateway")
-    requests_mock.post(STATUS_URL, json=STATUS_BODY)  # it did start
-    assert hook.start_campaign("cd-1")["status"] == "Active"
-    assert sum("trigger=play" in r.url for r in requests_mock.request_history) == 1
+def test_a_lost_start_whose_status_cannot_be_read_says_so(hook, requests_mock):
+    requests_mock.post(START_URL, status_code=502, text="gateway")
+    requests_mock.post(STATUS_URL, status_code=404, json={"errors": [{"msg": "Campaign not found"}]})
+    with pytest.raises(KoreOutcomeUnknownError) as err:
+        hook.start_campaign("cd-1")
+    assert start_posts(requests_mock) == 1
+    assert err.value.status is None
+    assert "could not be read afterwards" in str(err.value)
 
 
 def test_refused_start_is_retried_directly(hook, requests_mock):
@@ -504,21 +574,22 @@ def test_refused_start_is_retried_directly(hook, requests_mock):
     )
     assert hook.start_campaign("cd-1") == START_BODY
     assert all("trigger=play" in r.url for r in requests_mock.request_history)
+    assert start_posts(requests_mock) == 3
 
 
-def test_start_that_never_connects_is_retried_without_a_status_read(hook, requests_mock):
-    requests_mock.post(START_URL, [{"exc": requests.exceptions.ConnectTimeout}, {"json": START_BODY}])
+@pytest.mark.parametrize("never_opened", [requests.exceptions.ConnectTimeout, refused, unresolvable])
+def test_start_that_never_connects_is_retried_without_a_status_read(hook, requests_mock, never_opened):
+    requests_mock.post(START_URL, [{"exc": never_opened()}, {"json": START_BODY}])
     assert hook.start_campaign("cd-1") == START_BODY
     assert all("trigger=play" in r.url for r in requests_mock.request_history)
+    assert start_posts(requests_mock) == 2
 
 
-def test_start_that_never_gets_an_answer_gives_up(hook, requests_mock):
-    requests_mock.post(START_URL, exc=requests.exceptions.ReadTimeout)
-    ready = {"status": "success", "data": {"id": "cd-1", "status": "Ready", "name": "n"}}
-    requests_mock.post(STATUS_URL, json=ready)
-    with pytest.raises(KoreConnectionError, match="got no answer"):
+def test_a_start_refused_every_time_is_bounded_by_max_retries(hook, requests_mock):
+    requests_mock.post(START_URL, status_code=503, json={"errors": [{"msg": "busy"}]})
+    with pytest.raises(KoreServerError, match="busy"):
         hook.start_campaign("cd-1")
-    assert sum("trigger=play" in r.url for r in requests_mock.request_history) == 4
+    assert start_posts(requests_mock) == 4  # max_retries=3
 
 
 # -- errors ----------------------------------------------------------------------------------------
@@ -549,18 +620,36 @@ def probe_url():
     return STATUS_URL.replace("cd-1", "cd-airflow-connection-test")
 
 
-def test_test_connection_ok_on_404_for_the_probe(hook, requests_mock):
+def test_test_connection_ok_on_404_for_the_unknown_probe_campaign(hook, requests_mock):
     requests_mock.post(probe_url(), status_code=404, json={"errors": [{"msg": "Campaign not found"}]})
     ok, message = hook.test_connection()
     assert ok, message
     assert "acc-1" in message
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"json": {"errors": [{"msg": "Stream not found"}]}},
+        {"json": {"errors": [{"msg": "Campaign route not found"}]}},
+        {"text": "<pre>Cannot POST /campaign/api/v2/public/st-1/campaign/cd-airflow-connection-test/status</pre>"},
+        {"text": "<html>Not Found</html>"},
+        {"text": ""},
+    ],
+)
+def test_test_connection_fails_on_a_404_that_is_not_the_unknown_campaign(hook, requests_mock, answer):
+    requests_mock.post(probe_url(), status_code=404, **answer)
+    ok, message = hook.test_connection()
+    assert not ok
+    assert "check the Stream / Bot ID and the platform URL" in message
+
+
 def test_test_connection_reports_a_bad_secret(hook, requests_mock):
     requests_mock.post(probe_url(), status_code=401, json={"errors": [{"msg": "Invalid token"}]})
     ok, message = hook.test_connection()
     assert not ok
-    assert "rejected the credentials" in message
+    assert "Client ID / Client Secret" in message
+    assert "'kore_default'" in message
     assert SECRET not in message
 
 

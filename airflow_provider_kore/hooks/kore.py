@@ -1,101 +1,69 @@
-"""``KoreHook``: a ``kore`` connection, a keep-alive ``requests`` session, retries, and the four calls.
+"""``KoreHook``: the sync driver of the request engine over one keep-alive ``requests`` session.
 
 URLs come from :data:`airflow_provider_kore.api.ENDPOINTS`, tokens from
-:class:`airflow_provider_kore.auth.JwtSigner`, and exceptions from
-:func:`airflow_provider_kore.api.parse_answer`; this module only sends and retries.
-
-Every request takes its turn from the process's :class:`~airflow_provider_kore.pacing.SyncPacer`
-for the connection: hooks on one connection in one process share its request budget
-(``max_requests_per_minute`` / ``max_requests_per_hour``) and its pause after a 429.
+:class:`~airflow_provider_kore.auth.JwtSigner`, and every decision (retry, re-sign, pause, give
+up, outcome unknown) from :class:`airflow_provider_kore.engine.Exchange`: this module only
+signs, takes its pacing turn, sends, sleeps and hands the answer back.
 """
 
 from __future__ import annotations
 
-import logging
+import itertools
 import os
 import time
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
 import requests
-from requests.auth import AuthBase
 
-from airflow_provider_kore import api, pacing
+from airflow_provider_kore import api, engine, pacing
 from airflow_provider_kore._compat import BaseHook
 from airflow_provider_kore.auth import JwtSigner
+from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
-    KoreApiError,
-    KoreAuthError,
     KoreConfigurationError,
-    KoreConnectionError,
     KoreError,
     KoreNotFoundError,
-    KoreRateLimitError,
+    KoreOutcomeUnknownError,
     Secrets,
     redact,
 )
-from airflow_provider_kore.status import RUNNING_STATUSES
-
-log = logging.getLogger(__name__)
+from airflow_provider_kore.ids import DEFAULT_CONN_ID, validate_campaign_type, validate_id
 
 #: A campaign id no one uses: the Test button reads its status to check the credentials.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
-#: The Test button waits at most this long for a turn (budget or 429 pause).
+#: The Test button waits at most this long in all.
 TEST_CONNECTION_DEADLINE = 15.0
+#: Rows per page when listing campaigns; contact outcomes come 100 a page (Kore's maximum).
+CAMPAIGN_PAGE = 50
+CONTACT_PAGE = 100
+#: Contacts per add-contacts request: Kore documents no limit, so bodies stay small.
+DEFAULT_BATCH_SIZE = 500
+#: The contact fields a Kore contact list maps.
+CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
 
 
-class KoreAuth(AuthBase):
-    """Puts a (cached) JWT in the ``auth`` header of each request."""
-
-    def __init__(self, signer: JwtSigner) -> None:
-        self.signer = signer
-        #: The token put on the latest request, so a 401 invalidates that one and no newer one.
-        self.last_token: str | None = None
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        self.last_token = self.signer.token()
-        request.headers["auth"] = self.last_token
-        return request
-
-
-class _OutcomeUnknown(Exception):
-    """A non-idempotent request was sent, but no answer came back: it may or may not have acted."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.cause = cause
-
-
-def _was_sent(exc: requests.exceptions.RequestException) -> bool:
-    """False when the request provably never reached the server (connect failed or timed out)."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return False
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return True
+def network_failure(exc: requests.exceptions.RequestException) -> engine.NetworkFailure:
+    """What a ``requests`` exception says about the request, without its text (it embeds the URL)."""
     from urllib3.exceptions import NameResolutionError, NewConnectionError
 
-    seen: set[int] = set()
-    stack: list[Any] = [exc]
-    while stack:
-        item = stack.pop()
-        if item is None or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, (NewConnectionError, NameResolutionError)):
-            return False
-        if isinstance(item, BaseException):
-            stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None), *item.args])
-    return True
-
-
-def _describe(exc: requests.exceptions.RequestException, sent: bool, timeout: float) -> str:
-    """A short, secret-free reason for a network failure (requests' own text embeds the whole URL)."""
-    if isinstance(exc, requests.exceptions.Timeout):
-        what = "no answer" if sent else "could not connect"
-        return f"{type(exc).__name__}: {what} within {timeout:g}s"
-    if not sent:
-        return f"{type(exc).__name__}: could not connect"
-    return f"{type(exc).__name__}: the connection was dropped before an answer came"
+    name = type(exc).__name__
+    if isinstance(exc, requests.exceptions.SSLError):
+        return engine.NetworkFailure(engine.TLS, f"{name}: the TLS handshake failed")
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return engine.NetworkFailure(engine.CONNECT, f"{name}: timed out connecting")
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return engine.NetworkFailure(engine.TIMEOUT, f"{name}: no answer in time")
+    causes: list[Any] = [exc]
+    for item in causes:  # walk the chain urllib3 wraps its errors in
+        if isinstance(item, NameResolutionError):
+            return engine.NetworkFailure(engine.CONNECT, f"{name}: the host name could not be resolved")
+        if isinstance(item, NewConnectionError):
+            return engine.NetworkFailure(engine.CONNECT, f"{name}: the connection was refused")
+        if isinstance(item, BaseException) and len(causes) < 20:
+            causes.extend(x for x in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args) if x)
+    return engine.NetworkFailure(engine.DROPPED, f"{name}: the connection was dropped before an answer came")
 
 
 class KoreHook(BaseHook):
@@ -103,21 +71,19 @@ class KoreHook(BaseHook):
 
     :param kore_conn_id: The ``kore`` connection: host = platform URL, login = Client ID,
         password = Client Secret, extras ``account_id`` (required), ``stream_id``, ``iid``,
-        ``timeout``, ``max_retries``, ``jwt_algorithm``, ``jwt_per_request``, ``verify``,
-        ``max_requests_per_minute``, ``max_requests_per_hour``.
+        ``timeout``, ``max_retries``, ``jwt_algorithm``, ``jwt_per_request``, ``verify``.
     :param timeout: Seconds per request; overrides the connection's ``timeout`` extra.
-    :param max_retries: Retries of a failed request; overrides the connection's ``max_retries``.
-        A 429 is not a failure: the connection pauses and the request is sent again after the
-        pause, without using a retry.
-    :param deadline: Epoch seconds (``time.time()``) after which a request still waiting for
-        its turn (the connection's budget, or a pause after a 429) gives up with
-        :class:`~airflow_provider_kore.exceptions.KoreRateLimitError`; a sensor in poke mode
-        passes the end of its timeout. None: each call waits at most
-        :data:`~airflow_provider_kore.pacing.RATE_LIMIT_PATIENCE` seconds (15 minutes).
+    :param max_retries: Retries of a transient failure (5xx, network); overrides the
+        connection's ``max_retries``. A 429 is not a failure: the connection pauses and the
+        request is sent again after the pause, without using a retry.
+    :param deadline: Epoch seconds (``time.time()``) after which a call gives up (a request
+        waiting for its turn raises :class:`~airflow_provider_kore.exceptions.KoreRateLimitError`).
+        None: each call waits at most :data:`~airflow_provider_kore.pacing.RATE_LIMIT_PATIENCE`
+        seconds for its turn.
     """
 
     conn_name_attr = "kore_conn_id"
-    default_conn_name = api.DEFAULT_CONN_ID
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "kore"
     hook_name = "Kore.ai"
 
@@ -136,97 +102,55 @@ class KoreHook(BaseHook):
         self.deadline = deadline
         self._sleep = time.sleep
 
-    # -- connection form (Airflow 3.0 / 3.1; 3.2+ reads conn-fields from get_provider_info) --------
+    # -- connection form: Airflow 3.0 / 3.1 (3.2+ reads conn-fields from get_provider_info) -----
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields as wtforms fields, built from the provider info's ``conn-fields``.
+        """The extra fields as wtforms fields, built from the provider info's ``conn-fields``."""
+        from airflow_provider_kore import connection_form_widgets
 
-        Only ``wtforms`` is needed: Airflow 3.0/3.1's API server swaps its field classes for
-        stand-ins and turns them into the React form's JSON schema; flask_appbuilder widgets and
-        flask_babel labels (Airflow 2's web server) are ignored there, and 3.0 does not install them.
-        """
-        from wtforms import BooleanField, IntegerField, PasswordField, StringField
-        from wtforms.validators import any_of
-
-        from airflow_provider_kore import get_provider_info
-
-        fields = get_provider_info()["connection-types"][0]["conn-fields"]
-        widgets: dict[str, Any] = {}
-        for name, spec in fields.items():
-            schema = spec["schema"]
-            kinds = schema["type"]
-            choices = schema.get("enum")
-            validators = [any_of(choices)] if choices else []
-            field_class: Any = StringField
-            if "boolean" in kinds:
-                field_class = BooleanField
-            elif "integer" in kinds:
-                field_class = IntegerField
-            elif schema.get("format") == "password":
-                field_class = PasswordField
-            widgets[name] = field_class(spec["label"], validators=validators, description=spec["description"])
-        return widgets
+        return connection_form_widgets()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
         """Hidden, relabelled and placeholder fields, from the provider info's ``ui-field-behaviour``."""
-        from airflow_provider_kore import get_provider_info
+        from airflow_provider_kore import ui_field_behaviour
 
-        behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
-        return {
-            "hidden_fields": behaviour["hidden-fields"],
-            "relabeling": behaviour["relabeling"],
-            "placeholders": behaviour["placeholders"],
-        }
+        return ui_field_behaviour()
 
     # -- connection ---------------------------------------------------------------------------
 
     @cached_property
-    def config(self) -> api.KoreConnectionConfig:
-        """The connection, validated (raises :class:`KoreConfigurationError` naming a missing field)."""
-        return api.KoreConnectionConfig.load(self.kore_conn_id)
+    def config(self) -> KoreConnectionConfig:
+        """The connection, validated (raises :class:`KoreConfigurationError` naming the field)."""
+        return KoreConnectionConfig.load(self.kore_conn_id)
 
     @property
     def timeout(self) -> float:
         return self._timeout_override if self._timeout_override is not None else self.config.timeout
 
-    @property
-    def retry_policy(self) -> api.RetryPolicy:
-        retries = self._max_retries_override
-        return api.RetryPolicy(max_retries=self.config.max_retries if retries is None else retries)
-
     @cached_property
     def signer(self) -> JwtSigner:
         config = self.config
         return JwtSigner(
-            config.client_id,
-            config.client_secret,
-            algorithm=config.jwt_algorithm,
-            per_request=config.jwt_per_request,
+            config.client_id, config.client_secret, algorithm=config.jwt_algorithm, per_request=config.jwt_per_request
         )
 
     @cached_property
     def pacer(self) -> pacing.SyncPacer:
-        """The process's turns for this connection (shared with every hook on it)."""
-        config = self.config
-        return pacing.sync_pacer(self.kore_conn_id, config.max_requests_per_minute, config.max_requests_per_hour)
-
-    @cached_property
-    def _auth(self) -> KoreAuth:
-        return KoreAuth(self.signer)
+        """The process's pauses for this connection (after a 429, during an outage)."""
+        return pacing.sync_pacer(self.kore_conn_id)
 
     @cached_property
     def session(self) -> requests.Session:
         """One keep-alive session per hook.
 
-        The environment (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``) is read here, once,
-        as requests would read it for the platform URL; ``trust_env`` is then off, so requests
-        does not walk the environment again on every call (a fifth of the client's time).
+        Proxies and the CA bundle are read from the environment here, once, as requests would for
+        the platform URL; ``trust_env`` is then off so requests does not re-read them per call.
+        Redirects are never followed (the ``auth`` header would travel to the new host).
         """
         config = self.config
         session = requests.Session()
-        session.auth = self._auth
         session.headers["User-Agent"] = "airflow-provider-kore"
         session.proxies.update(requests.utils.get_environ_proxies(config.base_url))
         verify = config.verify
@@ -241,225 +165,291 @@ class KoreHook(BaseHook):
         if "session" in self.__dict__:
             self.session.close()
 
-    # -- the four operations ------------------------------------------------------------------
+    # -- the campaign calls ---------------------------------------------------------------------
 
-    def get_campaign_status(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
-        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``)."""
-        return self._call("get_campaign_status", campaign_id, stream_id=stream_id)["data"]
+    def get_campaign_status(
+        self, campaign_id: str, stream_id: str | None = None, *, deadline: float | None = None
+    ) -> dict[str, Any]:
+        """The campaign's status: the ``data`` object (``id``, ``status``, ``name``).
+
+        :param deadline: Epoch seconds by which to give up (a sensor's poke passes its own bound).
+        """
+        call = "get_campaign_status"
+        return self._request(call, campaign_id=campaign_id, stream_id=stream_id, deadline=deadline)["data"]
 
     def get_campaign(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
         """The campaign's full definition: the ``data`` object."""
-        return self._call("get_campaign", campaign_id, stream_id=stream_id)["data"]
+        return self._request("get_campaign", campaign_id=campaign_id, stream_id=stream_id)["data"]
 
     def start_campaign(
         self, campaign_id: str, campaign_type: str = "sms", stream_id: str | None = None
     ) -> dict[str, Any]:
         """Start (``trigger=play``) a campaign; returns Kore's answer (``status``, ``message``, ``updatedAt``).
 
-        A start whose answer never came (read timeout, dropped connection, gateway 5xx) is not
-        sent again blindly: the campaign's status is read first, and the start is re-sent only
-        if the campaign is not running.
+        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that
+        never opened). A start whose answer was lost (a 500/502/504, a read timeout, a connection
+        dropped after sending) raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError`
+        naming the status read afterwards: it is never re-sent from here.
         """
-        prepared = api.prepare(
-            self.config, "start_campaign", campaign_id, stream_id=stream_id, campaign_type=campaign_type
-        )
-        unknown_outcomes = 0
-        while True:
+        try:
+            return self._request(
+                "start_campaign", campaign_id=campaign_id, campaign_type=campaign_type, stream_id=stream_id
+            )
+        except KoreOutcomeUnknownError as exc:
             try:
-                return self._send(prepared)
-            except _OutcomeUnknown as unknown:
-                unknown_outcomes += 1
-                status = self.get_campaign_status(campaign_id, stream_id=stream_id).get("status", "")
-                if str(status).lower() in RUNNING_STATUSES:
-                    self.log.warning(
-                        "Start of Kore.ai campaign %s got no answer (%s), but the campaign is %s: not sending it again",
-                        prepared.campaign_id,
-                        unknown.cause,
-                        status,
-                    )
-                    return {
-                        "status": status,
-                        "message": "Campaign started (confirmed by a status read after an unanswered start)",
-                        "updatedAt": None,
-                    }
-                if unknown_outcomes > self.retry_policy.max_retries:
-                    raise KoreConnectionError(
-                        f"Kore.ai start campaign for campaign {prepared.campaign_id!r} got no answer "
-                        f"{unknown_outcomes} times ({unknown.cause}); the campaign is {status!r}",
-                        operation=prepared.operation,
-                        campaign_id=prepared.campaign_id,
-                    ) from None
-                self.log.warning(
-                    "Start of Kore.ai campaign %s got no answer (%s) and the campaign is %s: sending it again",
-                    prepared.campaign_id,
-                    unknown.cause,
-                    status,
-                )
+                exc.status = str(self.get_campaign_status(campaign_id, stream_id=stream_id).get("status"))
+                now = f"the campaign's status read afterwards is {exc.status!r}"
+            except KoreError as read_error:
+                now = f"its status could not be read afterwards ({read_error})"
+            exc.args = (
+                f"{exc.args[0]}; {now}. A task retry reads the campaign first and starts it only if "
+                "the lost start did not run",
+            )
+            raise
 
     def stop_campaign(
-        self, campaign_id: str, campaign_type: str = "voice", stream_id: str | None = None
+        self,
+        campaign_id: str,
+        campaign_type: str = "voice",
+        stream_id: str | None = None,
+        *,
+        deadline: float | None = None,
+        priority: bool = False,
     ) -> dict[str, Any]:
-        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...)."""
-        return self._call("stop_campaign", campaign_id, stream_id=stream_id, campaign_type=campaign_type)
+        """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...).
+
+        :param deadline: Epoch seconds by which to give up (``on_kill`` passes its own bound).
+        :param priority: Do not wait behind the connection's pause: a stop outranks reads.
+        """
+        return self._request(
+            "stop_campaign",
+            campaign_id=campaign_id,
+            campaign_type=campaign_type,
+            stream_id=stream_id,
+            deadline=deadline,
+            priority=priority,
+        )
+
+    # -- pipelines ----------------------------------------------------------------------------
+
+    def list_campaigns(
+        self, campaign_type: str, statuses: Iterable[str] | None = None, stream_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every campaign of ``campaign_type``, page by page; each row has ``id`` (Kore's ``_id`` or ``id``)."""
+        body: dict[str, Any] = {"type": validate_campaign_type(campaign_type)}
+        if statuses is not None:
+            body["filters"] = {"status": [str(s) for s in ([statuses] if isinstance(statuses, str) else statuses)]}
+        for page in itertools.count(1):
+            body.update(page=page, limit=CAMPAIGN_PAGE, skip=(page - 1) * CAMPAIGN_PAGE)
+            data = self._request("list_campaigns", stream_id=stream_id, body=body)["data"]
+            rows = data.get("results") or []
+            for row in rows:
+                if isinstance(row, Mapping):
+                    yield {**row, "id": row.get("id") or row.get("_id")}
+            if not rows or not data.get("hasMore", page < int(data.get("totalPages") or 0)):
+                return
+
+    def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
+        """The id of the one ``campaign_type`` campaign named exactly ``name``."""
+        if not isinstance(name, str) or not name.strip():
+            raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
+        ids = [
+            str(row["id"]) for row in self.list_campaigns(campaign_type, stream_id=stream_id) if row.get("name") == name
+        ]
+        if not ids:
+            raise KoreNotFoundError(
+                f"Kore.ai has no {campaign_type} campaign named {name!r}", operation="find_campaign"
+            )
+        if len(ids) > 1:
+            raise KoreConfigurationError(
+                f"{len(ids)} {campaign_type} campaigns are named {name!r} ({', '.join(ids[:5])}): "
+                "pass campaign_id instead"
+            )
+        return ids[0]
+
+    def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every contact outcome of a campaign, fetched lazily, a page of 100 at a time."""
+        validate_id("campaign_id", campaign_id)
+        for page in itertools.count(1):
+            body = {"page": page, "limit": CONTACT_PAGE}
+            data = self._request("get_campaign_contacts", campaign_id=campaign_id, stream_id=stream_id, body=body)[
+                "data"
+            ]
+            rows = data.get("results") or []
+            yield from (dict(row) for row in rows if isinstance(row, Mapping))
+            if len(rows) < CONTACT_PAGE or page >= int(data.get("totalPages") or page):
+                return
+
+    def create_contact_list(
+        self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create a contact list filled through the API (``source: passiveApi``); returns its data."""
+        for field, value, most in (("name", name, 48), ("description", description, 256)):
+            if not isinstance(value, str) or not value.strip() or len(value) > most:
+                raise KoreConfigurationError(f"contact list {field} must be 1 to {most} characters; got {value!r}")
+        body = {
+            "name": name,
+            "description": description,
+            "source": "passiveApi",
+            "allowDuplicates": bool(allow_duplicates),
+        }
+        subject = f"contact list {name!r}"
+        return self._request("create_contact_list", stream_id=stream_id, body=body, subject=subject)["data"]
+
+    def add_contacts(
+        self,
+        contact_list_name: str,
+        contacts: Iterable[Mapping[str, Any]],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        stream_id: str | None = None,
+    ) -> int:
+        """Send contacts (dicts with ``phoneNumber``) to a list, in order, in batches; returns how many.
+
+        Kore queues the add: the contacts are in the list shortly after the call returns.
+        """
+        if not isinstance(contact_list_name, str) or not contact_list_name.strip():
+            raise KoreConfigurationError(f"contact_list_name must be a non-empty string; got {contact_list_name!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise KoreConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}")
+        sent = 0
+        iterator = iter(contacts)
+        while batch := [_contact(row, sent + i + 1) for i, row in enumerate(itertools.islice(iterator, batch_size))]:
+            body = {"contact_list_name": contact_list_name, "data": batch}
+            self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {contact_list_name!r}")
+            sent += len(batch)
+        return sent
+
+    # -- the Test button ------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call (a status read), as the UI's Test button runs it.
+        """One cheap authenticated call (a status read of a campaign no one has), as the Test button runs it.
 
-        A 404 for the probe campaign still proves the credentials: Kore checked the token first.
+        Kore checks the token before the campaign, so "campaign not found" proves the credentials
+        and the stream; any other 404 (an unknown stream, a wrong platform URL) does not.
         """
         try:
             config = self.config
-            prepared = api.prepare(config, "get_campaign_status", TEST_CONNECTION_CAMPAIGN_ID)
-            self._send(
-                prepared,
-                retry_policy=api.RetryPolicy(max_retries=1),
+            self._request(
+                "get_campaign_status",
+                campaign_id=TEST_CONNECTION_CAMPAIGN_ID,
+                max_retries=1,
                 timeout=min(self.timeout, 15.0),
                 deadline=time.time() + TEST_CONNECTION_DEADLINE,
             )
-        except KoreNotFoundError:
-            pass
-        except KoreAuthError as err:
-            return False, f"Kore.ai rejected the credentials (HTTP {err.http_status}): {err.kore_message or err}"
+        except KoreNotFoundError as err:
+            text = (err.kore_message or "").lower()
+            unknown_campaign = "campaign" in text and any(w in text for w in ("not found", "does not exist", "no such"))
+            if not unknown_campaign or any(w in text for w in ("stream", "bot", "route", "cannot", "path")):
+                return False, f"{err}: check the Stream / Bot ID and the platform URL"
         except KoreError as err:
             return False, str(err)
         except Exception as err:  # the Test button must answer, whatever went wrong
             return False, redact(f"{type(err).__name__}: {err}", self._secret_or_none())
         return True, f"Connected to Kore.ai at {config.base_url}: credentials accepted for account {config.account_id}"
 
-    # -- sending --------------------------------------------------------------------------------
-
-    def _call(
-        self,
-        operation: str,
-        campaign_id: str,
-        *,
-        stream_id: str | None = None,
-        campaign_type: str | None = None,
-    ) -> dict[str, Any]:
-        prepared = api.prepare(self.config, operation, campaign_id, stream_id=stream_id, campaign_type=campaign_type)
-        return self._send(prepared)
-
     def _secret_or_none(self) -> str | None:
         try:
             return self.config.client_secret
-        except KoreConfigurationError:
+        except KoreError:
             return None
 
-    def _send(
+    # -- sending --------------------------------------------------------------------------------
+
+    def _request(
         self,
-        prepared: api.PreparedCall,
+        operation: str,
         *,
-        retry_policy: api.RetryPolicy | None = None,
-        timeout: float | None = None,
+        stream_id: str | None = None,
+        body: Mapping[str, Any] | None = None,
+        subject: str = "",
         deadline: float | None = None,
+        priority: bool = False,
+        max_retries: int | None = None,
+        timeout: float | None = None,
+        **params: object,
     ) -> dict[str, Any]:
-        """Send with retries, in turn; raise :class:`_OutcomeUnknown` for an unanswered non-idempotent call."""
-        policy = retry_policy or self.retry_policy
-        timeout = timeout or self.timeout
-        secrets = Secrets(self.config.client_secret)
-        pacer = self.pacer
+        """Prepare, then send until the engine says done (or raise what it says)."""
+        call = api.prepare(self.config, operation, stream_id=stream_id, body=body, subject=subject, **params)
         deadline = deadline if deadline is not None else self.deadline
-        if deadline is None:
-            until = pacing.clock() + pacing.RATE_LIMIT_PATIENCE
-        else:
-            until = pacing.clock() + (deadline - time.time())
-        session = self.session
-        warm_token = not self.config.jwt_per_request
-        retries = 0
-        refreshed_token = False
+        now = pacing.clock()
+        until = now + (deadline - time.time() if deadline is not None else pacing.RATE_LIMIT_PATIENCE)
+        if max_retries is None:
+            max_retries = self.config.max_retries if self._max_retries_override is None else self._max_retries_override
+        exchange = engine.Exchange(
+            call,
+            secrets=Secrets(self.config.client_secret),
+            max_retries=max_retries,
+            priority=priority,
+            deadline=until,
+        )
+        pacer = self.pacer
         while True:
-            if warm_token:
-                # Sign before taking the turn, so the request leaves as soon as it is ours.
-                self.signer.token()
+            token = self.signer.token()
             try:
-                sent_at = pacer.acquire(until, sleep=self._sleep)
+                sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
             except pacing.BudgetExhausted as exc:
-                what = (
-                    "the connection's request budget (max_requests_per_minute / max_requests_per_hour) has no room"
-                    if exc.reason == "budget"
-                    else "Kore.ai's rate limit (429) leaves no room for a request"
-                )
-                raise KoreRateLimitError(
-                    f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r}: {what} "
-                    "before the deadline",
-                    operation=prepared.operation,
-                    campaign_id=prepared.campaign_id,
-                ) from None
+                raise exchange.out_of_time(exc.reason) from None
+            what: engine.Answer | engine.NetworkFailure
             try:
-                response = session.request(
-                    prepared.method,
-                    prepared.url,
-                    headers=prepared.headers,
-                    data=prepared.body,
-                    timeout=(timeout, timeout),
+                response = self.session.request(
+                    call.method,
+                    call.url,
+                    headers={**call.headers, "auth": token},
+                    data=call.body,
+                    timeout=(limit := exchange.timeout(pacing.clock(), timeout or self.timeout), limit),
+                    allow_redirects=False,
+                )
+                what = engine.Answer(
+                    response.status_code,
+                    response.content,
+                    response.headers.get("Retry-After"),
+                    response.headers.get("Location"),
                 )
             except requests.exceptions.RequestException as exc:
-                sent = _was_sent(exc)
-                cause = _describe(exc, sent, timeout)
-                if sent and not prepared.endpoint.idempotent:
-                    raise _OutcomeUnknown(cause) from None
-                if retries >= policy.max_retries:
-                    raise KoreConnectionError(
-                        f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r} failed "
-                        f"after {retries + 1} attempts at {self.config.base_url}: {cause}",
-                        operation=prepared.operation,
-                        campaign_id=prepared.campaign_id,
-                    ) from None
-                retries += 1
-                delay = policy.delay(retries)
-                self.log.warning(
-                    "Kore.ai %s for campaign %s: %s; retry %d/%d in %.1fs",
-                    prepared.endpoint.label,
-                    prepared.campaign_id,
-                    cause,
-                    retries,
-                    policy.max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-                continue
+                what = network_failure(exc)
+            decision = exchange.decide(what, pacing.clock())
+            pacer.record(decision.pacing, sent_at, decision.retry_after)
+            if decision.action == "done":
+                assert decision.result is not None
+                return decision.result
+            if decision.action in ("fail", "unknown"):
+                assert decision.error is not None
+                raise decision.error
+            if decision.action == "resign":
+                self.signer.invalidate(token)
+            elif decision.action == "reload":
+                decision = exchange.reloaded(self._reload())
+                if decision.action == "fail":
+                    assert decision.error is not None
+                    raise decision.error
+            elif decision.action == "retry":
+                self.log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
+                self._sleep(decision.delay)
 
-            status = response.status_code
-            if status == 429:
-                # Kore's rolling window is full: every request on the connection pauses, and this
-                # one is sent again after the pause without using a retry.
-                retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                pacer.record_rate_limited(sent_at, retry_after)
-                self.log.debug("Kore.ai answered 429 to %s; queued again", prepared.endpoint.label)
-                continue
-            pacer.record_answer(sent_at)
-            if status == 401 and not refreshed_token:
-                # A token can be refused early (clock skew, a rotated secret): sign a new one, once.
-                refreshed_token = True
-                self.signer.invalidate(self._auth.last_token)
-                self.log.info(
-                    "Kore.ai answered 401 to %s; signing a new token and retrying once", prepared.endpoint.label
-                )
-                continue
-            if policy.should_retry(status, retries):
-                if not prepared.endpoint.idempotent and status not in api.REFUSED_STATUS:
-                    raise _OutcomeUnknown(f"HTTP {status}")
-                retries += 1
-                retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                delay = policy.delay(retries, retry_after)
-                self.log.warning(
-                    "Kore.ai %s for campaign %s: HTTP %d; retry %d/%d in %.1fs",
-                    prepared.endpoint.label,
-                    prepared.campaign_id,
-                    status,
-                    retries,
-                    policy.max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-                continue
-            return api.parse_answer(
-                prepared,
-                status,
-                response.content,
-                retry_after=response.headers.get("Retry-After"),
-                secrets=secrets,
-            )
+    def _reload(self) -> bool:
+        """Re-read the connection after a fresh token was refused; True if the credentials changed."""
+        try:
+            config = KoreConnectionConfig.load(self.kore_conn_id)
+        except KoreError as exc:
+            self.log.warning("Could not re-read connection %r after a refused token: %s", self.kore_conn_id, exc)
+            return False
+        if config == self.config:
+            return False
+        self.log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
+        self.__dict__["config"] = config
+        self.__dict__.pop("signer", None)
+        self.__dict__.pop("session", None)
+        return True
 
 
-__all__ = ["KoreApiError", "KoreAuth", "KoreHook"]
+def _contact(row: Mapping[str, Any], position: int) -> dict[str, Any]:
+    """One contact for Kore's list: the mapped fields only; a usable phoneNumber is required."""
+    if not isinstance(row, Mapping):
+        raise KoreConfigurationError(f"contact {position} must be a mapping; got {type(row).__name__}")
+    phone = row.get("phoneNumber")
+    if phone is None or not str(phone).strip():
+        raise KoreConfigurationError(f"contact {position} has no phoneNumber")
+    return {key: row[key] for key in CONTACT_FIELDS if row.get(key) not in (None, "")}
+
+
+__all__ = ["KoreHook", "network_failure"]
