@@ -10,6 +10,7 @@ from unittest import mock
 import pytest
 
 from airflow_provider_kore._compat import AirflowSensorTimeout, TaskDeferred
+from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
@@ -19,16 +20,18 @@ from airflow_provider_kore.exceptions import (
     KoreConfigurationError,
     KoreError,
     KoreNotFoundError,
+    KoreRateLimitError,
     KoreServerError,
 )
+from airflow_provider_kore.hooks.kore import KoreHook
 from airflow_provider_kore.operators import campaign as opmod
 from airflow_provider_kore.operators.campaign import (
     KoreStartCampaignOperator,
     KoreStartSmsCampaignOperator,
     KoreStopCampaignOperator,
     KoreStopVoiceCampaignOperator,
-    parse_kore_timestamp,
 )
+from airflow_provider_kore.waiting import POKE_GRACE
 
 START_ANSWER = {"status": "Active", "message": "Campaign Started", "updatedAt": "2026-01-05T13:05:23.765Z"}
 STOP_ANSWER = {
@@ -40,9 +43,14 @@ STOP_ANSWER = {
 
 
 def fake_hook(statuses=(), stream_id="st-conn"):
-    """A mocked KoreHook: start/stop answers as documented; status reads return ``statuses`` in turn."""
-    hook = mock.MagicMock(name="KoreHook")
-    hook.config.stream_id = stream_id
+    """A KoreHook spec'd mock: start/stop answers as documented; status reads return ``statuses`` in turn.
+
+    ``create_autospec``: a call the real hook would refuse (a wrong name or argument) fails here too.
+    """
+    hook = mock.create_autospec(KoreHook, instance=True)
+    hook.config = KoreConnectionConfig(
+        base_url="https://kore.test", client_id="cs-1", client_secret="s" * 20, account_id="acc-1", stream_id=stream_id
+    )
     hook.start_campaign.return_value = dict(START_ANSWER)
     hook.stop_campaign.return_value = dict(STOP_ANSWER)
     hook.get_campaign_status.side_effect = [
@@ -74,13 +82,14 @@ class FakeTime:
 
     def __init__(self):
         self.now = 1000.0
+        self.epoch = real_time.time() - self.now
         self.sleeps = []
 
     def monotonic(self):
         return self.now
 
     def time(self):
-        return 1_767_618_000.0 + self.now
+        return self.epoch + self.now
 
     def sleep(self, seconds):
         self.sleeps.append(seconds)
@@ -116,7 +125,8 @@ def test_start_returns_documented_xcom(airflow_context):
     result = start_op(hook).execute(airflow_context())
 
     hook.start_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id=None)
-    hook.get_campaign.assert_not_called()  # a first try just starts
+    hook.get_campaign_status.assert_not_called()  # a first try just starts
+    hook.list_campaigns.assert_not_called()
     assert result == {
         "campaign_id": "cd-1",
         "campaign_type": "sms",
@@ -245,32 +255,52 @@ def test_stop_refuses_bad_arguments_at_parse_time():
 # -- retries ------------------------------------------------------------------------------------
 
 
-def retry_hook(status, updated_at):
-    hook = fake_hook()
-    hook.get_campaign.return_value = {"_id": "cd-1", "status": status, "updatedAt": updated_at, "name": "Welcome"}
+def retry_hook(status, instance_updated=None, *, updated_at="2026-01-05T13:30:00.000Z", listed=True):
+    """A hook for a retry: the campaign shows ``status``; Kore's list row says when its last run changed.
+
+    ``updatedAt`` is the definition's last update (Kore's pages): set after the run began here, it
+    must never be taken as evidence of a start.
+    """
+    hook = fake_hook(statuses=[status])
+    row = {"id": "cd-1", "name": "Welcome", "status": status, "updatedAt": updated_at}
+    if instance_updated is not None:
+        row["campaignInstanceUpdatedAt"] = instance_updated
+    other = {"id": "cd-other", "name": "Other", "campaignInstanceUpdatedAt": "2026-01-05T13:40:00Z"}
+    hook.list_campaigns.side_effect = lambda *a, **k: iter([other, row] if listed else [other])
     return hook
 
 
-def test_retry_with_active_campaign_does_not_start_again(airflow_context):
-    hook = retry_hook("Active", "2026-01-05T12:00:00.000Z")
+@pytest.mark.parametrize("status", ["Active", "Scheduled", "Paused", "Preparing", "Dispatching", "active"])
+def test_retry_with_a_running_or_unknown_status_does_not_start_again(airflow_context, status):
+    hook = retry_hook(status)
     result = start_op(hook).execute(airflow_context(try_number=2))
 
     hook.start_campaign.assert_not_called()
-    hook.get_campaign.assert_called_once_with("cd-1", stream_id=None)
+    hook.get_campaign_status.assert_called_once_with("cd-1", stream_id=None)
+    hook.list_campaigns.assert_not_called()  # the status alone is the evidence
     assert result["started"] is False
-    assert result["status"] == "Active"
+    assert result["status"] == status
     assert "not started again" in result["message"]
 
 
-@pytest.mark.parametrize("status", ["Completed", "Stopped", "completed"])
+def test_retry_with_a_ready_campaign_starts_it(airflow_context):
+    hook = retry_hook("Ready", "2026-01-05T13:20:00Z")
+    result = start_op(hook).execute(airflow_context(try_number=2))
+    hook.start_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id=None)
+    hook.list_campaigns.assert_not_called()
+    assert result["started"] is True
+
+
+@pytest.mark.parametrize("status", ["Completed", "Stopped", "completed", "Failed"])
 def test_retry_after_this_run_started_it_does_not_start_again(airflow_context, status):
     hook = retry_hook(status, "2026-01-05T13:20:00.123Z")  # after RUN_START (13:00Z)
-    result = start_op(hook).execute(airflow_context(try_number=3))
+    result = start_op(hook, stream_id="st-4").execute(airflow_context(try_number=3))
 
     hook.start_campaign.assert_not_called()
+    hook.list_campaigns.assert_called_once_with("sms", stream_id="st-4")
     assert result["started"] is False
     assert result["status"] == status
-    assert result["updated_at"] == "2026-01-05T13:20:00.123Z"
+    assert "2026-01-05T13:20:00.123" in result["message"]
 
 
 def test_retry_with_campaign_finished_before_this_run_starts_it(airflow_context):
@@ -281,6 +311,13 @@ def test_retry_with_campaign_finished_before_this_run_starts_it(airflow_context)
     assert result["started"] is True
 
 
+def test_retry_never_takes_updated_at_for_evidence(airflow_context):
+    # updatedAt moved after the run began (someone edited the definition), the last run is old.
+    hook = retry_hook("Completed", "2026-01-04T08:00:00Z", updated_at="2026-01-05T13:50:00Z")
+    start_op(hook).execute(airflow_context(try_number=2))
+    hook.start_campaign.assert_called_once()
+
+
 def test_retry_with_offset_timestamp_compares_instants(airflow_context):
     # 08:30-05:00 is 13:30Z: after the run began at 13:00Z.
     hook = retry_hook("Completed", "2026-01-05T08:30:00-05:00")
@@ -289,17 +326,20 @@ def test_retry_with_offset_timestamp_compares_instants(airflow_context):
 
 
 @pytest.mark.parametrize(
-    ("status", "updated_at", "run_start"),
+    ("instance_updated", "listed", "run_start"),
     [
-        ("Ready", "2026-01-05T13:20:00Z", datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
-        ("Paused", "2026-01-05T13:20:00Z", datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
-        ("Completed", "not a date", datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
-        ("Completed", None, datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
-        ("Completed", "2026-01-05T13:20:00Z", None),
+        ("not a date", True, datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
+        ("2026-13-05T13:20:00Z", True, datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
+        (None, True, datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
+        ("2026-01-05T13:20:00Z", False, datetime(2026, 1, 5, 13, tzinfo=timezone.utc)),
+        ("2026-01-05T13:20:00Z", True, None),
     ],
+    ids=["unreadable", "impossible date", "no instance time", "not in the list", "no run start"],
 )
-def test_retry_starts_when_no_earlier_start_is_proven(airflow_context, status, updated_at, run_start):
-    hook = retry_hook(status, updated_at)
+def test_retry_of_a_terminal_campaign_starts_when_no_earlier_start_is_proven(
+    airflow_context, instance_updated, listed, run_start
+):
+    hook = retry_hook("Completed", instance_updated, listed=listed)
     start_op(hook).execute(airflow_context(try_number=2, run_start=run_start))
     hook.start_campaign.assert_called_once()
 
@@ -310,23 +350,6 @@ def test_retry_compares_against_naive_run_start_as_utc(airflow_context):
     hook.start_campaign.assert_not_called()
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("2025-12-08T05:32:10.977Z", datetime(2025, 12, 8, 5, 32, 10, 977000, tzinfo=timezone.utc)),
-        ("2025-12-08T05:32:10Z", datetime(2025, 12, 8, 5, 32, 10, tzinfo=timezone.utc)),
-        ("2025-12-08T05:32:10.1234567+0100", datetime(2025, 12, 8, 4, 32, 10, 123456, tzinfo=timezone.utc)),
-        ("2025-12-08 05:32", datetime(2025, 12, 8, 5, 32, tzinfo=timezone.utc)),
-        ("2025-13-08T05:32:10Z", None),
-        ("yesterday", None),
-        (1733635930, None),
-        (None, None),
-    ],
-)
-def test_parse_kore_timestamp(text, expected):
-    assert parse_kore_timestamp(text) == expected
-
-
 # -- stop ---------------------------------------------------------------------------------------
 
 
@@ -334,7 +357,9 @@ def test_stop_returns_documented_xcom(airflow_context):
     hook = fake_hook()
     result = stop_op(hook).execute(airflow_context())
 
-    hook.stop_campaign.assert_called_once_with("cd-1", campaign_type="voice", stream_id=None)
+    hook.stop_campaign.assert_called_once_with(
+        "cd-1", campaign_type="voice", stream_id=None, deadline=None, priority=False
+    )
     assert result == {
         "campaign_id": "cd-1",
         "campaign_type": "voice",
@@ -353,10 +378,14 @@ def test_stop_voice_operator_and_sms_stop(airflow_context):
     op = KoreStopVoiceCampaignOperator(task_id="v", campaign_id="cd-1", stream_id="st-2")
     op.hook = hook
     op.execute(airflow_context())
-    hook.stop_campaign.assert_called_once_with("cd-1", campaign_type="voice", stream_id="st-2")
+    hook.stop_campaign.assert_called_once_with(
+        "cd-1", campaign_type="voice", stream_id="st-2", deadline=None, priority=False
+    )
     hook2 = fake_hook()
     stop_op(hook2, campaign_type="sms").execute(airflow_context())
-    hook2.stop_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id=None)
+    hook2.stop_campaign.assert_called_once_with(
+        "cd-1", campaign_type="sms", stream_id=None, deadline=None, priority=False
+    )
 
 
 @pytest.mark.parametrize("status", ["Stopped", "Completed", "FAILED"])
@@ -402,6 +431,18 @@ def test_stop_raises_the_stop_error_when_the_status_cannot_be_read(airflow_conte
         stop_op(hook).execute(airflow_context())
 
 
+# -- the hook's deadline -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [start_op, stop_op])
+def test_the_hook_gives_up_at_the_tasks_execution_timeout(make):
+    before = real_time.time()
+    hook = make(execution_timeout=timedelta(minutes=10)).hook
+    assert isinstance(hook, KoreHook)
+    assert before + 600 <= hook.deadline <= real_time.time() + 600
+    assert make(task_id="no_limit").hook.deadline is None
+
+
 # -- wait_for_completion, synchronous -----------------------------------------------------------
 
 
@@ -415,6 +456,14 @@ def test_wait_sync_until_completed(airflow_context, clock):
     assert clock.sleeps == [10, 10]
     assert hook.get_campaign_status.call_count == 3
     assert json.loads(json.dumps(result)) == result
+
+
+def test_wait_sync_bounds_each_read_by_the_interval_plus_the_grace(airflow_context, clock):
+    hook = fake_hook(statuses=["Active", "Completed"])
+    start_op(hook, wait_for_completion=True, deferrable=False, poll_interval=10).execute(airflow_context())
+    first, second = hook.get_campaign_status.call_args_list
+    assert first == mock.call("cd-1", stream_id=None, deadline=clock.epoch + 1000 + 10 + POKE_GRACE)
+    assert second.kwargs["deadline"] == clock.epoch + 1010 + 10 + POKE_GRACE
 
 
 def test_wait_sync_fails_fast_on_a_non_target_terminal_status(airflow_context, clock):
@@ -448,7 +497,9 @@ def test_wait_sync_timeout(airflow_context, clock, stop_on_kill):
     assert clock.sleeps == [10, 10, 5]  # the last read is made at the deadline
     assert hook.get_campaign_status.call_count == 4
     if stop_on_kill:
-        hook.stop_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id=None)
+        hook.stop_campaign.assert_called_once_with(
+            "cd-1", campaign_type="sms", stream_id=None, deadline=clock.time() + 25, priority=True
+        )
     else:
         hook.stop_campaign.assert_not_called()
 
@@ -460,12 +511,21 @@ def test_wait_sync_tolerates_a_few_transient_errors(airflow_context, clock):
     assert result["status"] == "Completed"
 
 
-def test_wait_sync_gives_up_after_too_many_transient_errors(airflow_context, clock):
+def test_wait_sync_rides_out_an_outage_until_its_timeout(airflow_context, clock):
     flaky = KoreServerError("Kore.ai get campaign status for campaign 'cd-1' failed: HTTP 503", status_code=503)
-    hook = fake_hook(statuses=[flaky] * 4)
-    with pytest.raises(KoreServerError):
+    limited = KoreRateLimitError("Kore.ai get campaign status: no turn before the deadline")
+    hook = fake_hook(statuses=[flaky, limited] * 4)
+    op = start_op(hook, wait_for_completion=True, deferrable=False, poll_interval=10, timeout=70)
+    with pytest.raises(KoreCampaignTimeoutError, match="last status None"):
+        op.execute(airflow_context())
+    assert hook.get_campaign_status.call_count == 8  # a transient failure is "not yet", not the end
+
+
+def test_wait_sync_raises_a_non_transient_error_at_once(airflow_context, clock):
+    hook = fake_hook(statuses=["Active", KoreNotFoundError("HTTP 404: Campaign not found", status_code=404)])
+    with pytest.raises(KoreNotFoundError):
         start_op(hook, wait_for_completion=True, deferrable=False).execute(airflow_context())
-    assert hook.get_campaign_status.call_count == 4
+    assert hook.get_campaign_status.call_count == 2
 
 
 # -- wait_for_completion, deferrable ------------------------------------------------------------
@@ -503,7 +563,7 @@ def test_deferrable_wait_defers_to_the_trigger(airflow_context):
         "poll_interval": 15.0,
         "stop_on_kill": True,
         "campaign_type": "sms",
-        "max_consecutive_errors": 3,
+        "max_consecutive_errors": None,  # a Kore outage shorter than the time left fails no wait
     }
     assert before + 600 <= end_time <= after + 600
     # Airflow's own deferral limit ends later than the trigger's, so the trigger's timeout event wins.
@@ -524,7 +584,7 @@ def test_deferrable_wait_without_timeout(airflow_context):
 
 
 def test_deferrable_retry_that_finds_it_active_still_waits(airflow_context):
-    hook = retry_hook("Active", "2026-01-05T13:02:00Z")
+    hook = retry_hook("Active")
     op = start_op(hook, wait_for_completion=True, deferrable=True)
     with pytest.raises(TaskDeferred) as deferred:
         op.execute(airflow_context(try_number=2))
@@ -588,10 +648,15 @@ def test_execute_complete_failure(airflow_context):
 def test_execute_complete_timeout(airflow_context, stop_on_kill):
     hook = fake_hook()
     op = start_op(hook, wait_for_completion=True, deferrable=True, timeout=60, stop_on_kill=stop_on_kill)
+    before = real_time.time()
     with pytest.raises(KoreCampaignTimeoutError, match="did not reach"):
         op.execute_complete(airflow_context(), event("timeout", "Active", message="campaign 'cd-1' did not reach it"))
     if stop_on_kill:
-        hook.stop_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id=None)
+        hook.stop_campaign.assert_called_once_with(
+            "cd-1", campaign_type="sms", stream_id=None, deadline=mock.ANY, priority=True
+        )
+        deadline = hook.stop_campaign.call_args.kwargs["deadline"]
+        assert before + 25 <= deadline <= real_time.time() + 25
     else:
         hook.stop_campaign.assert_not_called()
 
@@ -637,8 +702,13 @@ def test_on_kill_stops_a_campaign_this_process_started(airflow_context):
     hook = fake_hook()
     op = start_op(hook, stop_on_kill=True, stream_id="st-5")
     op.execute(airflow_context())
+    before = real_time.time()
     op.on_kill()
-    hook.stop_campaign.assert_called_once_with("cd-1", campaign_type="sms", stream_id="st-5")
+    # A stop outranks reads (priority) and is bounded: on_kill must return within Airflow's limit.
+    hook.stop_campaign.assert_called_once_with(
+        "cd-1", campaign_type="sms", stream_id="st-5", deadline=mock.ANY, priority=True
+    )
+    assert before + 25 <= hook.stop_campaign.call_args.kwargs["deadline"] <= real_time.time() + 25
 
 
 @pytest.mark.parametrize(
@@ -647,7 +717,7 @@ def test_on_kill_stops_a_campaign_this_process_started(airflow_context):
     ids=["stop_on_kill off", "nothing started yet", "a retry found it already started"],
 )
 def test_on_kill_leaves_campaigns_it_did_not_start(airflow_context, stop_on_kill, try_number, execute):
-    hook = retry_hook("Active", "2026-01-05T13:02:00Z")
+    hook = retry_hook("Active")
     op = start_op(hook, stop_on_kill=stop_on_kill)
     if execute:
         op.execute(airflow_context(try_number=try_number))
@@ -671,12 +741,6 @@ def test_on_kill_after_a_quiet_stop_of_an_ended_campaign(airflow_context):
     op.execute(airflow_context())
     op.on_kill()
     hook.get_campaign_status.assert_called_once()
-
-
-def test_on_kill_docstring_says_what_airflow_does_while_deferred():
-    doc = KoreStartCampaignOperator.on_kill.__doc__ or ""
-    assert "3.3" in doc
-    assert "3.0 to 3.2" in doc
 
 
 # -- secrets ------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ are imported only when a task runs, so a DAG file importing this module stays ch
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
@@ -18,15 +17,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_kore import ids
 from airflow_provider_kore._compat import BaseOperator, default_deferrable
-from airflow_provider_kore.exceptions import (
-    KoreApiError,
-    KoreAuthError,
-    KoreCampaignTimeoutError,
-    KoreError,
-)
-from airflow_provider_kore.sensors.campaign import (
-    DEFAULT_MAX_CONSECUTIVE_ERRORS,
+from airflow_provider_kore.exceptions import KoreApiError, KoreAuthError, KoreCampaignTimeoutError, KoreError
+from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule, is_terminal
+from airflow_provider_kore.waiting import (
     DEFER_TIMEOUT_MARGIN,
+    POKE_GRACE,
     CampaignStatusWatch,
     check_trigger_event,
     non_negative_seconds,
@@ -36,7 +31,6 @@ from airflow_provider_kore.sensors.campaign import (
     status_rule_unless_template,
     validate_id_unless_template,
 )
-from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, RUNNING_STATUSES, StatusRule, is_terminal
 
 if TYPE_CHECKING:
     import logging
@@ -45,37 +39,21 @@ if TYPE_CHECKING:
 
     from airflow_provider_kore.hooks.kore import KoreHook
 
-_ISO_TIMESTAMP = re.compile(r"^(\d{4}-\d{2}-\d{2})[T ](\d{2}:\d{2}(?::\d{2})?)(?:\.(\d+))?\s*(Z|z|[+-]\d{2}:?\d{2})?$")
+#: ``on_kill`` gives the stop this long in all (Airflow allows a trigger's on_kill 30 s).
+STOP_ON_KILL_BUDGET = 25.0
 
 
-def parse_kore_timestamp(value: object) -> datetime | None:
-    """An aware datetime from Kore's ISO 8601 text (``2025-12-08T05:32:10.977Z``); None if unreadable.
-
-    A timestamp without a zone is taken as UTC, as Kore writes them.
-    """
-    if not isinstance(value, str):
+def _timestamp(value: object) -> datetime | None:
+    """An aware datetime from Kore's ISO 8601 text (``2025-12-08T05:32:10.977Z``); None if unreadable."""
+    if not isinstance(value, str) or not value.strip():
         return None
-    match = _ISO_TIMESTAMP.match(value.strip())
-    if not match:
-        return None
-    day, clock, fraction, zone = match.groups()
-    if clock.count(":") == 1:
-        clock += ":00"
-    micro = (fraction or "0")[:6].ljust(6, "0")
-    if zone is None or zone in ("Z", "z"):
-        zone = "+00:00"
-    elif ":" not in zone:
-        zone = f"{zone[:3]}:{zone[3:]}"
-    try:  # Python 3.10's fromisoformat needs exactly this shape
-        return datetime.fromisoformat(f"{day}T{clock}.{micro}{zone}")
-    except ValueError:
-        return None
+    import pendulum
 
-
-def _aware(moment: object) -> datetime | None:
-    if not isinstance(moment, datetime):
+    try:
+        parsed = pendulum.parse(value.strip())
+    except (ValueError, TypeError, pendulum.parsing.exceptions.ParserError):
         return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+    return parsed if isinstance(parsed, datetime) else None
 
 
 def _plain(value: object) -> str | int | float | bool | None:
@@ -92,6 +70,8 @@ def stop_campaign_quietly(
     campaign_type: str,
     stream_id: str | None,
     log: logging.Logger | Any,
+    deadline: float | None = None,
+    priority: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Stop a campaign; a campaign that has already ended counts as stopped.
 
@@ -100,12 +80,15 @@ def stop_campaign_quietly(
     (``Stopped``, ``Completed``...) is logged and returned; otherwise the refusal is raised.
     """
     try:
-        return hook.stop_campaign(campaign_id, campaign_type=campaign_type, stream_id=stream_id), True
+        answer = hook.stop_campaign(
+            campaign_id, campaign_type=campaign_type, stream_id=stream_id, deadline=deadline, priority=priority
+        )
+        return answer, True
     except KoreApiError as exc:
         if exc.transient or isinstance(exc, KoreAuthError):
             raise
         try:
-            status = str(hook.get_campaign_status(campaign_id, stream_id=stream_id).get("status", ""))
+            status = str(hook.get_campaign_status(campaign_id, stream_id=stream_id, deadline=deadline).get("status"))
         except KoreError:
             raise exc from None
         if not is_terminal(status):
@@ -131,10 +114,16 @@ class _KoreCampaignOperator(BaseOperator):
 
     @cached_property
     def hook(self) -> KoreHook:
-        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker)."""
+        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker).
+
+        A call waiting on Kore (its rate limit, an outage) gives up at the task's
+        ``execution_timeout`` when set, else after :data:`~airflow_provider_kore.pacing.RATE_LIMIT_PATIENCE`.
+        """
         from airflow_provider_kore.hooks.kore import KoreHook
 
-        return KoreHook(kore_conn_id=self.kore_conn_id)
+        limit = self.execution_timeout
+        deadline = None if limit is None else time.time() + limit.total_seconds()
+        return KoreHook(kore_conn_id=self.kore_conn_id, deadline=deadline)
 
     def _resolved_stream_id(self, stream_id: str | None) -> str | None:
         if stream_id is not None:
@@ -265,30 +254,45 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     def _started_earlier(
         self, context: Context, campaign_id: str, stream_id: str | None, try_number: int
     ) -> dict[str, Any] | None:
-        """On a retry: the result to return if the campaign must not be started again, else None."""
-        data = self.hook.get_campaign(campaign_id, stream_id=stream_id)
-        status = str(data.get("status") or "")
-        updated_raw = data.get("updatedAt")
+        """On a retry: the result to return if an earlier try's start took effect, else None.
+
+        The evidence, since the earlier try's answer may have been lost (the hook never re-sends
+        a start whose outcome is unknown):
+
+        * ``Ready``: nothing ran; start it.
+        * any other status that is not terminal (``Active``, ``Scheduled``, ``Paused``,
+          ``Preparing``, or one this provider does not know): a start took effect; do not start.
+        * a terminal status (``Completed``, ``Stopped``...): the campaign ran since this DAG run
+          began if Kore's campaign list says its last execution was updated
+          (``campaignInstanceUpdatedAt``) after the run's start. ``updatedAt`` is not evidence:
+          Kore documents it as the definition's last update, not the last run.
+        """
+        status = str(self.hook.get_campaign_status(campaign_id, stream_id=stream_id).get("status") or "")
         reason = None
-        if status.lower() in RUNNING_STATUSES:
-            reason = f"Campaign already {status}; not started again"
-        elif is_terminal(status):
-            updated = parse_kore_timestamp(updated_raw)
-            run_start = _aware(getattr(context.get("dag_run"), "start_date", None))
-            if updated is not None and run_start is not None and updated >= run_start:
-                reason = f"Campaign already {status} since {updated_raw}, after this DAG run began; not started again"
+        if status.lower() == "ready":
+            pass
+        elif not is_terminal(status):
+            reason = f"Campaign is {status}: an earlier try's start took effect; not started again"
+        else:
+            ran_at = self._last_execution(campaign_id, stream_id)
+            run_start = getattr(context.get("dag_run"), "start_date", None)
+            if isinstance(run_start, datetime) and run_start.tzinfo is None:
+                run_start = run_start.replace(tzinfo=timezone.utc)  # Airflow keeps times in UTC
+            if ran_at is not None and isinstance(run_start, datetime) and ran_at >= run_start:
+                reason = f"Campaign is {status} after an execution at {ran_at.isoformat()}, since this DAG run began"
         if reason is None:
-            self.log.info(
-                "Try %d: Kore.ai campaign %s is %s (updated %s): starting it",
-                try_number,
-                campaign_id,
-                status,
-                updated_raw,
-            )
+            self.log.info("Try %d: Kore.ai campaign %s is %s: starting it", try_number, campaign_id, status)
             return None
         self.log.info("Try %d: Kore.ai campaign %s: %s", try_number, campaign_id, reason)
-        answer = {"status": status, "message": reason, "updatedAt": updated_raw}
+        answer = {"status": status, "message": reason}
         return self._result(campaign_id, self.campaign_type, stream_id, answer, started=False)
+
+    def _last_execution(self, campaign_id: str, stream_id: str | None) -> datetime | None:
+        """When Kore last updated the campaign's execution (its list row), or None if it does not say."""
+        for row in self.hook.list_campaigns(self.campaign_type, stream_id=stream_id):
+            if row.get("id") == campaign_id:
+                return _timestamp(row.get("campaignInstanceUpdatedAt"))
+        return None
 
     # -- wait ----------------------------------------------------------------------------------
 
@@ -327,12 +331,11 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
             campaign_id,
             rule,
             stream_id=stream_id,
-            max_consecutive_errors=DEFAULT_MAX_CONSECUTIVE_ERRORS,
             log=self.log,
         )
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
-            verdict, data = watch.check(self.hook)
+            verdict, data = watch.check(self.hook, deadline=time.time() + self.poll_interval + POKE_GRACE)
             if verdict == "success" and data is not None:
                 return self._finished(result, data.get("status"))
             now = time.monotonic()
@@ -386,7 +389,13 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     def _stop_best_effort(self, campaign_id: str, stream_id: str | None) -> None:
         try:
             answer, _ = stop_campaign_quietly(
-                self.hook, campaign_id, campaign_type=self.campaign_type, stream_id=stream_id, log=self.log
+                self.hook,
+                campaign_id,
+                campaign_type=self.campaign_type,
+                stream_id=stream_id,
+                log=self.log,
+                deadline=time.time() + STOP_ON_KILL_BUDGET,
+                priority=True,
             )
         except Exception as exc:  # stopping is a courtesy; the task's own outcome must stand
             self.log.error("Could not stop Kore.ai campaign %s: %s: %s", campaign_id, type(exc).__name__, exc)
@@ -495,6 +504,5 @@ __all__ = [
     "KoreStartSmsCampaignOperator",
     "KoreStopCampaignOperator",
     "KoreStopVoiceCampaignOperator",
-    "parse_kore_timestamp",
     "stop_campaign_quietly",
 ]
