@@ -7,6 +7,7 @@ waited on, never taken for success.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -49,6 +50,12 @@ def is_known(status: object) -> bool:
 
 def normalise_statuses(field: str, values: object, *, allow_empty: bool = False) -> tuple[str, ...]:
     """A tuple of non-blank status names from a string or an iterable of strings."""
+    if isinstance(values, str) and values.strip()[:1] in ("[", "("):
+        # A templated list renders to its text ("['Completed', 'Stopped']"): read it back.
+        try:
+            values = ast.literal_eval(values.strip())
+        except (ValueError, SyntaxError):
+            raise KoreConfigurationError(f"{field} must be a status name or a list of them; got {values!r}") from None
     if values is None:
         items: list[object] = []
     elif isinstance(values, str):

@@ -775,7 +775,28 @@ def _hooks_in_threads(sim: KoreSimulator, conn_id: str) -> dict[str, Any]:
     return {"reads": reads}
 
 
+def _outage(sim: KoreSimulator, conn_id: str) -> dict[str, Any]:
+    """20 waits, 10 minutes of time left, meet a 150 s outage (every request answered 503)."""
+
+    def outage() -> None:
+        time.sleep(OUTAGE_START)
+        sim.set_outage(True)
+        marks["down"] = time.monotonic()
+        time.sleep(OUTAGE_SECONDS)
+        sim.set_outage(False)
+        marks["up"] = time.monotonic()
+
+    marks: dict[str, float] = {}
+    switch = threading.Thread(target=outage, daemon=True)
+    switch.start()
+    result = _fleet(conn_id, [(0.0, campaign_id, 5.0) for campaign_id in sim.campaign_ids])
+    switch.join()
+    return {**result, "marks": marks, "done_at": time.monotonic()}
+
+
 STAGGERED_INTERVAL = 20.0
+OUTAGE_START = 8.0
+OUTAGE_SECONDS = 150.0
 
 #: name -> (simulator settings, connection extras, scenario)
 SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[KoreSimulator, str], dict[str, Any]]]] = {
@@ -798,6 +819,15 @@ SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[KoreSimulat
         },
         {},
         _storm,
+    ),
+    "outage": (
+        {
+            # Each campaign completes on its 6th read: after the outage for every wait.
+            "complete_after_polls": 6,
+            "campaigns": _active([f"cd-outage-{n:02d}" for n in range(20)]),
+        },
+        {},
+        _outage,
     ),
     "hooks": (
         {
@@ -912,3 +942,13 @@ def test_hooks_in_one_process_wait_out_kore_429s(scenarios):
     assert result["reads"] == [12, 12, 12]
     assert sim.count(status_code=200) == 36
     assert 0 < sim.count(status_code=429) <= 24  # at most one per thread per pause
+
+
+@pytest.mark.pacing
+def test_a_kore_outage_shorter_than_the_time_left_fails_no_wait(scenarios, caplog):
+    result, sim = scenarios.result("outage")
+    down, up = result["marks"]["down"], result["marks"]["up"]
+    assert [event["status"] for event in result["events"]] == ["success"] * 20
+    during = [r for r in sim.requests if down <= r.time <= up]
+    assert len(during) <= 150  # about one probe a second at most, for the whole fleet
+    assert result["done_at"] - up <= 90  # every wait read again soon after Kore came back

@@ -21,8 +21,10 @@ from airflow_provider_kore.exceptions import (
     KoreNotFoundError,
     KoreRateLimitError,
 )
-from airflow_provider_kore.sensors.campaign import KoreCampaignStatusSensor, check_trigger_event
+from airflow_provider_kore.hooks.kore import KoreHook
+from airflow_provider_kore.sensors.campaign import KoreCampaignStatusSensor
 from airflow_provider_kore.status import StatusRule
+from airflow_provider_kore.waiting import POKE_GRACE, check_trigger_event
 
 
 def status_data(status):
@@ -30,7 +32,7 @@ def status_data(status):
 
 
 def fake_hook(*statuses):
-    hook = mock.MagicMock(name="KoreHook")
+    hook = mock.create_autospec(KoreHook, instance=True)
     hook.get_campaign_status.side_effect = [s if isinstance(s, BaseException) else status_data(s) for s in statuses]
     return hook
 
@@ -63,7 +65,16 @@ def test_poke_done_on_target_returns_the_status_data(airflow_context):
     assert isinstance(result, PokeReturnValue)
     assert result.is_done
     assert result.xcom_value == status_data("completed")
-    s.hook.get_campaign_status.assert_called_once_with("cd-1", stream_id=None)
+    s.hook.get_campaign_status.assert_called_once_with("cd-1", stream_id=None, deadline=mock.ANY)
+
+
+def test_a_poke_is_bounded_by_its_interval_plus_the_grace(airflow_context):
+    s = sensor("Active", poke_interval=40)
+    before = time.time()
+    s.poke(airflow_context())
+    after = time.time()
+    deadline = s.hook.get_campaign_status.call_args.kwargs["deadline"]
+    assert before + 40 + POKE_GRACE <= deadline <= after + 40 + POKE_GRACE
 
 
 def test_poke_waits_on_a_running_campaign(airflow_context, caplog, capsys):
@@ -105,6 +116,13 @@ def test_unknown_status_is_logged_once_and_waited_on(airflow_context, caplog, ca
     assert s.poke(airflow_context()) is False
     assert s.poke(airflow_context())
     assert logged(caplog, capsys).count("does not know") == 1
+
+
+def test_by_default_transient_errors_are_not_yet_for_as_long_as_the_timeout_allows(airflow_context, caplog, capsys):
+    s = sensor(*transient(20), "Completed")
+    results = [s.poke(airflow_context()) for _ in range(21)]
+    assert [bool(r) for r in results] == [False] * 20 + [True]
+    assert "Kore.ai is unavailable" in logged(caplog, capsys)
 
 
 def test_transient_errors_are_tolerated_up_to_the_bound(airflow_context):
@@ -151,7 +169,7 @@ def test_poke_mode_execute_waits_then_returns_the_data(airflow_context, monkeypa
 def test_stream_id_is_passed(airflow_context):
     s = sensor("Completed", stream_id="st-9")
     s.poke(airflow_context())
-    s.hook.get_campaign_status.assert_called_once_with("cd-1", stream_id="st-9")
+    s.hook.get_campaign_status.assert_called_once_with("cd-1", stream_id="st-9", deadline=mock.ANY)
 
 
 # -- construction and templating ----------------------------------------------------------------
@@ -199,7 +217,16 @@ def test_templated_fields_render_and_are_validated_at_the_first_poke(airflow_con
         "Stopped",
     )
     assert s.poke(airflow_context())
-    s.hook.get_campaign_status.assert_called_once_with("cd-7", stream_id="st-7")
+    s.hook.get_campaign_status.assert_called_once_with("cd-7", stream_id="st-7", deadline=mock.ANY)
+
+
+def test_a_templated_status_list_that_rendered_to_text_is_read_as_a_list(airflow_context):
+    s = sensor("Stopped", target_statuses="{{ params.targets }}")
+    s.render_template_fields(airflow_context(params={"targets": ["Completed", "Stopped"]}))
+    assert s.target_statuses == "['Completed', 'Stopped']"  # Jinja renders the list to its text
+    result = s.poke(airflow_context())  # "Stopped" is a target, not a terminal non-target
+    assert result
+    assert result.xcom_value == status_data("Stopped")
 
 
 def test_a_template_rendering_to_a_bad_id_is_refused_before_any_call(airflow_context):
@@ -356,12 +383,32 @@ def test_event_messages_are_redacted():
     assert jwt_like not in str(err.value)
 
 
-def test_the_hook_gives_up_waiting_for_a_turn_when_the_sensor_times_out():
-    """Under Kore's rate limit a poke waits for its turn, but never beyond the sensor's timeout."""
-    from airflow_provider_kore.hooks.kore import KoreHook
-
-    sensor = KoreCampaignStatusSensor(task_id="wait", campaign_id="cd-1", timeout=600, poke_interval=5)
-    before = time.time()
-    hook = sensor.hook
+def test_the_sensors_hook_has_no_deadline_of_its_own():
+    """Each poke bounds its own read; a hook deadline would end later pokes too."""
+    hook = KoreCampaignStatusSensor(task_id="wait", campaign_id="cd-1", timeout=600, poke_interval=5).hook
     assert isinstance(hook, KoreHook)
-    assert before + 600 <= hook.deadline <= time.time() + 600
+    assert hook.deadline is None
+
+
+def test_a_poke_under_persistent_429s_returns_not_yet_within_its_bound(
+    kore_env_connection, requests_mock, monkeypatch, airflow_context, caplog, capsys
+):
+    """Kore keeps refusing: the poke gives up waiting for a turn and says "not yet" (issue 12 §3)."""
+    from airflow_provider_kore import pacing
+
+    waited = []
+    start = pacing.clock()
+    monkeypatch.setattr(pacing, "clock", lambda: start + sum(waited))
+    pacing.reset_sync_pacers()
+    url = "https://kore.test/campaign/api/v2/public/st-1/campaign/cd-1/status?accountId=acc-1&view=status"
+    requests_mock.post(url, status_code=429, json={"errors": [{"msg": "Rate limit reached"}]})
+    s = KoreCampaignStatusSensor(task_id="wait", campaign_id="cd-1", poke_interval=30, deferrable=False)
+    s.hook._sleep = waited.append
+    try:
+        assert s.poke(airflow_context()) is False
+    finally:
+        pacing.reset_sync_pacers()
+    assert requests_mock.call_count >= 2  # it did wait out pauses and ask again
+    assert sum(waited) <= 30 + POKE_GRACE
+    captured = capsys.readouterr()
+    assert "not yet" in caplog.text + captured.out + captured.err

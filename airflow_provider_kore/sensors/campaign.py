@@ -1,15 +1,11 @@
 """``KoreCampaignStatusSensor``: wait until a Kore.ai campaign reaches a status.
 
-This module also holds the waiting logic the start operator's ``wait_for_completion`` reuses:
-:class:`CampaignStatusWatch` (one status read turned into a verdict, with a bound on
-consecutive transient errors) and :func:`check_trigger_event` (the fail-closed reading of the
-trigger's event). Only cheap modules are imported here; the hook and the trigger are imported
-when a task runs.
+The waiting logic it shares with the start operator lives in :mod:`airflow_provider_kore.waiting`;
+the hook and the trigger are imported when a task runs, so DAG files stay cheap to parse.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -26,228 +22,24 @@ from airflow_provider_kore._compat import (
     BaseSensorOperator,
     default_deferrable,
 )
-from airflow_provider_kore.exceptions import (
-    KoreCampaignStatusError,
-    KoreCampaignTimeoutError,
-    KoreConfigurationError,
-    KoreError,
-    redact,
+from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule
+from airflow_provider_kore.waiting import (
+    DEFER_TIMEOUT_MARGIN,
+    POKE_GRACE,
+    CampaignStatusWatch,
+    check_trigger_event,
+    max_errors,
+    positive_seconds,
+    rendered_id,
+    rendered_optional_id,
+    status_rule_unless_template,
+    validate_id_unless_template,
 )
-from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule, Verdict, is_known
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_kore.hooks.kore import KoreHook
-
-#: Extra seconds on Airflow's own deferral timeout, so the trigger's timeout event (which names
-#: the campaign's last status and lets the operator stop it) arrives before Airflow gives up.
-DEFER_TIMEOUT_MARGIN = 60.0
-#: Consecutive transient errors (429, 5xx, network, each already retried by the hook) a wait tolerates.
-DEFAULT_MAX_CONSECUTIVE_ERRORS = 3
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared by the sensor and the operators.
-
-
-def is_template(value: object) -> bool:
-    """True for a value Airflow renders or resolves only at run time (Jinja text, an ``XComArg``)."""
-    if isinstance(value, str):
-        return "{{" in value or "{%" in value
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return any(is_template(item) for item in value)
-    # XComArg and Airflow's other run-time references resolve themselves; they are not data yet.
-    return value is not None and not isinstance(value, (bytes, Mapping)) and hasattr(value, "resolve")
-
-
-def validate_id_unless_template(name: str, value: object, *, optional: bool = False) -> None:
-    """Check an id at DAG-parse time, unless it is only known at run time (then it is checked in ``execute``)."""
-    if (value is None and optional) or is_template(value):
-        return
-    ids.validate_id(name, value)
-
-
-def rendered_id(name: str, value: object) -> str:
-    """The id after rendering, validated (a template that rendered to garbage is refused here)."""
-    return ids.validate_id(name, value)
-
-
-def rendered_optional_id(name: str, value: object) -> str | None:
-    """An optional id (None stays None) after rendering, validated."""
-    return None if value is None else ids.validate_id(name, value)
-
-
-def status_rule_unless_template(target_statuses: object, failure_statuses: object) -> StatusRule | None:
-    """Validate the status sets at DAG-parse time, unless one of them is rendered at run time."""
-    if is_template(target_statuses) or is_template(failure_statuses):
-        return None
-    return StatusRule.build(target_statuses, failure_statuses)
-
-
-def positive_seconds(name: str, value: object) -> float:
-    """A positive number of seconds from a number or a ``timedelta``."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise KoreConfigurationError(f"{name} must be a positive number of seconds; got {value!r}")
-    return float(seconds)
-
-
-def non_negative_seconds(name: str, value: object) -> float | None:
-    """None, or a number of seconds >= 0 from a number or a ``timedelta``."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise KoreConfigurationError(f"{name} must be None or a number of seconds >= 0; got {value!r}")
-    return float(seconds)
-
-
-def max_errors(value: object) -> int:
-    """A count of tolerated consecutive errors: an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise KoreConfigurationError(f"max_consecutive_errors must be an integer >= 0; got {value!r}")
-    return value
-
-
-class CampaignStatusWatch:
-    """Reads a campaign's status and judges it: the step a sensor poke and a synchronous wait share.
-
-    :param campaign_id: The campaign to watch (already rendered and validated).
-    :param rule: Which statuses end the wait well, and which badly.
-    :param stream_id: The bot (stream) id; None uses the connection's.
-    :param max_consecutive_errors: Transient errors (429, 5xx, network; each already retried by
-        the hook) tolerated in a row; the next one is raised.
-    :param log: Where progress is logged.
-    """
-
-    def __init__(
-        self,
-        campaign_id: str,
-        rule: StatusRule,
-        *,
-        stream_id: str | None = None,
-        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
-        log: logging.Logger | Any = None,
-    ) -> None:
-        self.campaign_id = campaign_id
-        self.rule = rule
-        self.stream_id = stream_id
-        self.max_consecutive_errors = max_consecutive_errors
-        self.log = log or logging.getLogger(__name__)
-        self.consecutive_errors = 0
-        self.polls = 0
-        self._started = time.monotonic()
-        self._unknown_seen: set[str] = set()
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the watch began (in this process)."""
-        return time.monotonic() - self._started
-
-    def check(self, hook: KoreHook) -> tuple[Verdict, dict[str, Any] | None]:
-        """Read the status once: ``("success", data)``, ``("waiting", data or None)``, or raise.
-
-        Raises :class:`KoreCampaignStatusError` on a failure status (or a terminal status that is
-        not a target), a non-transient :class:`KoreError` at once, and a transient one once more
-        than ``max_consecutive_errors`` came in a row.
-        """
-        self.polls += 1
-        try:
-            data = hook.get_campaign_status(self.campaign_id, stream_id=self.stream_id)
-        except KoreError as exc:
-            if not exc.transient:
-                raise
-            self.consecutive_errors += 1
-            if self.consecutive_errors > self.max_consecutive_errors:
-                self.log.error(
-                    "Kore.ai campaign %s: %d status reads in a row failed; giving up",
-                    self.campaign_id,
-                    self.consecutive_errors,
-                )
-                raise
-            self.log.warning(
-                "Kore.ai campaign %s: status read failed (%s); tolerated %d/%d, waiting on",
-                self.campaign_id,
-                exc,
-                self.consecutive_errors,
-                self.max_consecutive_errors,
-            )
-            return "waiting", None
-        self.consecutive_errors = 0
-        status = str(data.get("status", ""))
-        verdict = self.rule.verdict(status)
-        if verdict == "failure":
-            raise KoreCampaignStatusError(
-                self.rule.explain_failure(self.campaign_id, status), campaign_id=self.campaign_id, status=status
-            )
-        if verdict == "success":
-            self.log.info("Kore.ai campaign %s is %s after %.0fs", self.campaign_id, status, self.elapsed)
-            return verdict, data
-        if not is_known(status) and status.lower() not in self._unknown_seen:
-            self._unknown_seen.add(status.lower())
-            self.log.warning(
-                "Kore.ai campaign %s reports status %r, which this provider does not know: "
-                "waiting on it (an unknown status is never taken for success)",
-                self.campaign_id,
-                status,
-            )
-        self.log.info(
-            "Kore.ai campaign %s is %s after %.0fs; waiting for %s",
-            self.campaign_id,
-            status,
-            self.elapsed,
-            ", ".join(self.rule.target_statuses),
-        )
-        return verdict, data
-
-
-_EVENT_KINDS = ("success", "failure", "timeout", "error")
-
-
-def check_trigger_event(event: object, campaign_id: str, rule: StatusRule | None = None) -> dict[str, Any]:
-    """Return the trigger's event if it reports success; raise for anything else (fail closed).
-
-    ``failure`` raises :class:`KoreCampaignStatusError`, ``timeout`` raises
-    :class:`KoreCampaignTimeoutError` (an ``AirflowSensorTimeout``), ``error`` raises
-    :class:`KoreError`; a missing event, an unknown kind, an event for another campaign, or a
-    "success" whose status is not a target under ``rule`` raises :class:`KoreError` too.
-    """
-    where = f"Kore.ai campaign {campaign_id!r}"
-    if not isinstance(event, Mapping):
-        raise KoreError(f"{where}: the wait ended without a trigger event ({type(event).__name__}); failing closed")
-    kind = event.get("status")
-    status = event.get("campaign_status")
-    status_text = None if status is None else str(status)
-    message = redact(str(event.get("message") or "")) or None
-    if event.get("campaign_id") not in (None, campaign_id):
-        raise KoreError(f"{where}: the trigger reported on campaign {event.get('campaign_id')!r}; failing closed")
-    if kind == "success":
-        if rule is not None and rule.verdict(status_text) != "success":
-            raise KoreError(
-                f"{where}: the trigger reported success with status {status_text!r}, "
-                f"which is not one of {', '.join(rule.target_statuses)}; failing closed"
-            )
-        return dict(event)
-    if kind == "failure":
-        raise KoreCampaignStatusError(
-            message or f"{where} is {status_text!r}, a status the wait must not end in",
-            campaign_id=campaign_id,
-            status=status_text or "",
-        )
-    if kind == "timeout":
-        raise KoreCampaignTimeoutError(
-            message or f"{where} did not reach the target status in time (last status {status_text!r})",
-            campaign_id=campaign_id,
-            status=status_text,
-        )
-    if kind == "error":
-        raise KoreError(message or f"{where}: the wait failed with an error the trigger did not describe")
-    raise KoreError(f"{where}: unknown trigger event status {kind!r} (expected one of {_EVENT_KINDS}); failing closed")
-
-
-# ---------------------------------------------------------------------------------------------
-# The sensor.
 
 
 class KoreCampaignStatusSensor(BaseSensorOperator):
@@ -257,7 +49,8 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     ``{"id", "status", "name"}`` becomes the XCom value); a failure status, or a terminal status
     that is not a target (a ``Stopped`` campaign while waiting for ``Completed``), fails the task
     at once without retries; any other status, including one this provider does not know, is
-    waited on. Transient API errors are tolerated for ``max_consecutive_errors`` pokes in a row.
+    waited on, and so is a transient API failure: a poke never holds the worker past its
+    ``poke_interval`` plus :data:`~airflow_provider_kore.waiting.POKE_GRACE` seconds.
 
     With ``deferrable=True`` the sensor pokes once in the worker (a campaign already done never
     defers) and otherwise hands the wait to :class:`~airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger`
@@ -272,9 +65,10 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     :param kore_conn_id: The ``kore`` connection. Default ``kore_default``.
     :param deferrable: Wait in the triggerer instead of a worker slot. None (default) follows
         ``[operators] default_deferrable``.
-    :param max_consecutive_errors: Transient API errors (429, 5xx, network; each already
-        retried by the hook) tolerated in consecutive pokes before the task fails. Default 3.
-        In ``reschedule`` mode the count starts again at each reschedule.
+    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network, a
+        Kore.ai outage) is "not yet" for as long as ``timeout`` allows. A number: fail the task
+        after that many failed reads in a row (in ``reschedule`` mode the count restarts at each
+        reschedule; deferred, it counts failed reads in the triggerer).
 
     Every ``BaseSensorOperator`` argument applies: ``poke_interval`` (seconds between reads,
     must be positive), ``timeout`` (seconds in all; a timeout fails without retry, or skips
@@ -293,7 +87,7 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         stream_id: str | None = None,
         kore_conn_id: str = ids.DEFAULT_CONN_ID,
         deferrable: bool | None = None,
-        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        max_consecutive_errors: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -312,14 +106,10 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> KoreHook:
-        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker).
-
-        A request waiting for its turn under Kore's rate limit (see the connection's request
-        budget) gives up when the sensor's own ``timeout`` would have run out, not later.
-        """
+        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker)."""
         from airflow_provider_kore.hooks.kore import KoreHook
 
-        return KoreHook(kore_conn_id=self.kore_conn_id, deadline=time.time() + float(self.timeout))
+        return KoreHook(kore_conn_id=self.kore_conn_id)
 
     @cached_property
     def _watch(self) -> CampaignStatusWatch:
@@ -334,7 +124,9 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> bool | PokeReturnValue:
         """Read the status once: done on a target, raise on a failure, else keep waiting."""
-        verdict, data = self._watch.check(self.hook)
+        # A poke returns "not yet" rather than wait out Kore's rate limit or an outage in the worker.
+        deadline = time.time() + float(self.poke_interval) + POKE_GRACE
+        verdict, data = self._watch.check(self.hook, deadline=deadline)
         if verdict == "success":
             return PokeReturnValue(is_done=True, xcom_value=data)
         return False

@@ -34,9 +34,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_kore import api, pacing
+from airflow_provider_kore import ids, pacing
 from airflow_provider_kore.aio import KoreAsyncClient, SharedClient, WaitCounters, shared_client
-from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, KoreRateLimitError, redact
+from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
 from airflow_provider_kore.status import StatusRule, is_known
 
 #: What ``serialize()`` names; the triggerer imports the class from it.
@@ -53,8 +53,8 @@ EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
 #: interval ago is reused; the next read is then due one interval after that answer, so waits
 #: that started at different times fall into step and share one request per interval.
 COALESCE_FRACTION = 0.5
-#: How long ``on_kill`` may wait for a turn (budget or 429 pause) to send the stop request.
-STOP_DEADLINE = 60.0
+#: ``on_kill`` returns within this many seconds (Airflow 3.3 gives it 30: ``[triggerer] on_kill_timeout``).
+STOP_DEADLINE = 25.0
 
 
 async def _sleep(seconds: float) -> None:
@@ -86,15 +86,16 @@ class KoreCampaignStatusTrigger(BaseTrigger):
     :param stop_on_kill: Stop the campaign when a user marks the deferred task failed or
         success, or clears it (Airflow 3.3+ calls :meth:`on_kill` then; earlier versions never do).
     :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
-    :param max_consecutive_errors: Transient failures (network, 5xx after the client's own
-        retries) tolerated in a row; one more ends the wait with an ``error`` event. A good
-        answer resets the count. A 429 is not a failure: the connection pauses and reads again.
+    :param max_consecutive_errors: None (default): a transient failure (5xx, network, timeout)
+        never ends the wait while ``end_time`` allows: the connection pauses and probes, as for
+        a 429, and the read is made again. A number: failed reads (after the client's own
+        retries) tolerated in a row; one more ends the wait with an ``error`` event.
     """
 
     def __init__(
         self,
         campaign_id: str,
-        kore_conn_id: str = api.DEFAULT_CONN_ID,
+        kore_conn_id: str = ids.DEFAULT_CONN_ID,
         target_statuses: str | list[str] | tuple[str, ...] = ("Completed",),
         failure_statuses: str | list[str] | tuple[str, ...] | None = None,
         stream_id: str | None = None,
@@ -102,10 +103,10 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         end_time: float | None = None,
         stop_on_kill: bool = False,
         campaign_type: str = "voice",
-        max_consecutive_errors: int = 3,
+        max_consecutive_errors: int | None = None,
     ) -> None:
         super().__init__()
-        self.campaign_id = api.validate_id("campaign_id", campaign_id)
+        self.campaign_id = ids.validate_id("campaign_id", campaign_id)
         if not isinstance(kore_conn_id, str) or not kore_conn_id.strip():
             raise KoreConfigurationError(f"kore_conn_id must be a connection id; got {kore_conn_id!r}")
         self.kore_conn_id = kore_conn_id
@@ -114,16 +115,15 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         self.target_statuses = self.rule.target_statuses
         #: Statuses that end it with ``failure`` (besides non-target terminal ones).
         self.failure_statuses = self.rule.failure_statuses
-        self.stream_id = api.validate_id("stream_id", stream_id) if stream_id is not None else None
+        self.stream_id = ids.validate_id("stream_id", stream_id) if stream_id is not None else None
         self.poll_interval = _number("poll_interval", poll_interval, positive=True)
         self.end_time = _number("end_time", end_time, positive=False) if end_time is not None else None
         self.stop_on_kill = bool(stop_on_kill)
-        self.campaign_type = api.validate_campaign_type(campaign_type)
-        if isinstance(max_consecutive_errors, bool) or not isinstance(max_consecutive_errors, int):
-            raise KoreConfigurationError(f"max_consecutive_errors must be an integer; got {max_consecutive_errors!r}")
-        if max_consecutive_errors < 0:
-            raise KoreConfigurationError(f"max_consecutive_errors must be 0 or more; got {max_consecutive_errors}")
-        self.max_consecutive_errors = max_consecutive_errors
+        self.campaign_type = ids.validate_campaign_type(campaign_type)
+        limit = max_consecutive_errors
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise KoreConfigurationError(f"max_consecutive_errors must be None or an integer >= 0; got {limit!r}")
+        self.max_consecutive_errors = limit
         self._lease: SharedClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -192,34 +192,35 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         while True:
             state.polls += 1
             read_before = counters.seen_at
+            limit = self.max_consecutive_errors
             try:
                 data = await client.get_campaign_status(
-                    campaign, stream_id=self.stream_id, max_age=max_age, deadline=self.end_time, wait=counters
+                    campaign,
+                    stream_id=self.stream_id,
+                    max_age=max_age,
+                    deadline=self.end_time,
+                    wait=counters,
+                    patient=limit is None,
                 )
-            except KoreRateLimitError as exc:
-                # Only raised when no turn comes before end_time (a 429 otherwise just waits).
-                if self.end_time is None:  # cannot happen without a deadline; fail closed all the same
-                    return state.event(ERROR, _about(campaign, exc))
-                remaining = self.end_time - time.time()
-                if remaining > 0:
-                    await _sleep(remaining)
-                return state.event(TIMEOUT, self._timeout_message(state, str(exc)))
             except KoreError as exc:
                 if not exc.transient:  # auth, not found, bad answer, configuration: polling cannot help
                     return state.event(ERROR, _about(campaign, exc))
-                errors += 1
+                # Transient (429, 5xx, network): the client waited it out until end_time, or,
+                # with a limit, retried; a read that ran out of time ends the wait as a timeout.
                 last_error = str(exc)
-                if errors > self.max_consecutive_errors:
+                if self.end_time is not None and (exc.deadline_reached or time.time() >= self.end_time):
+                    remaining = self.end_time - time.time()
+                    if remaining > 0:  # no turn before end_time: the wait still lasts until then
+                        await _sleep(remaining)
+                    return state.event(TIMEOUT, self._timeout_message(state, last_error))
+                errors += 1
+                if limit is not None and errors > limit:
                     return state.event(
                         ERROR,
                         f"Kore.ai campaign {campaign!r}: {errors} status reads in a row failed; last: {last_error}",
                     )
                 self.log.warning(
-                    "Kore.ai campaign %s: status read failed (%d in a row, %d tolerated): %s",
-                    campaign,
-                    errors,
-                    self.max_consecutive_errors,
-                    last_error,
+                    "Kore.ai campaign %s: status read failed (%d in a row): %s", campaign, errors, last_error
                 )
             else:
                 errors = 0

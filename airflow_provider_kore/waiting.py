@@ -1,0 +1,220 @@
+"""What the start operator and the status sensor share about waiting on a campaign.
+
+Below both (operators never import the sensor module; the trigger imports neither): argument
+checks that tell a template from a value, :class:`CampaignStatusWatch` (one status read turned
+into a verdict) and :func:`check_trigger_event` (the fail-closed reading of the trigger's event).
+Only cheap modules are imported here: DAG files import this through the operators.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_kore import ids
+from airflow_provider_kore.exceptions import (
+    KoreCampaignStatusError,
+    KoreCampaignTimeoutError,
+    KoreConfigurationError,
+    KoreError,
+    redact,
+)
+from airflow_provider_kore.status import StatusRule, Verdict, is_known
+
+if TYPE_CHECKING:
+    from airflow_provider_kore.hooks.kore import KoreHook
+
+#: Extra seconds on Airflow's own deferral timeout, so the trigger's timeout event (which names
+#: the campaign's last status and lets the operator stop it) arrives before Airflow gives up.
+DEFER_TIMEOUT_MARGIN = 60.0
+#: A poke waits at most this long past its ``poke_interval`` for Kore (a 429 pause, an outage).
+POKE_GRACE = 15.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the sensor and the operators.
+
+
+def is_template(value: object) -> bool:
+    """True for a value Airflow renders or resolves only at run time (Jinja text, an ``XComArg``)."""
+    if isinstance(value, str):
+        return "{{" in value or "{%" in value
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(is_template(item) for item in value)
+    # XComArg and Airflow's other run-time references resolve themselves; they are not data yet.
+    return value is not None and not isinstance(value, (bytes, Mapping)) and hasattr(value, "resolve")
+
+
+def validate_id_unless_template(name: str, value: object, *, optional: bool = False) -> None:
+    """Check an id at DAG-parse time, unless it is only known at run time (then it is checked in ``execute``)."""
+    if (value is None and optional) or is_template(value):
+        return
+    ids.validate_id(name, value)
+
+
+def rendered_id(name: str, value: object) -> str:
+    """The id after rendering, validated (a template that rendered to garbage is refused here)."""
+    return ids.validate_id(name, value)
+
+
+def rendered_optional_id(name: str, value: object) -> str | None:
+    """An optional id (None stays None) after rendering, validated."""
+    return None if value is None else ids.validate_id(name, value)
+
+
+def status_rule_unless_template(target_statuses: object, failure_statuses: object) -> StatusRule | None:
+    """Validate the status sets at DAG-parse time, unless one of them is rendered at run time."""
+    if is_template(target_statuses) or is_template(failure_statuses):
+        return None
+    return StatusRule.build(target_statuses, failure_statuses)
+
+
+def positive_seconds(name: str, value: object) -> float:
+    """A positive number of seconds from a number or a ``timedelta``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise KoreConfigurationError(f"{name} must be a positive number of seconds; got {value!r}")
+    return float(seconds)
+
+
+def non_negative_seconds(name: str, value: object) -> float | None:
+    """None, or a number of seconds >= 0 from a number or a ``timedelta``."""
+    if value is None:
+        return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise KoreConfigurationError(f"{name} must be None or a number of seconds >= 0; got {value!r}")
+    return float(seconds)
+
+
+def max_errors(value: object) -> int | None:
+    """None (no limit while the time allows), or a count of tolerated consecutive errors >= 0."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise KoreConfigurationError(f"max_consecutive_errors must be None or an integer >= 0; got {value!r}")
+    return value
+
+
+class CampaignStatusWatch:
+    """Reads a campaign's status and judges it: the step a sensor poke and a synchronous wait share.
+
+    :param campaign_id: The campaign to watch (rendered and validated).
+    :param rule: Which statuses end the wait well, and which badly.
+    :param stream_id: The bot (stream) id; None uses the connection's.
+    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is
+        "not yet" for as long as the wait's time allows. A number: one more failure in a row
+        than this is raised.
+    :param log: Where progress is logged.
+    """
+
+    def __init__(
+        self,
+        campaign_id: str,
+        rule: StatusRule,
+        *,
+        stream_id: str | None = None,
+        max_consecutive_errors: int | None = None,
+        log: logging.Logger | Any = None,
+    ) -> None:
+        self.campaign_id = campaign_id
+        self.rule = rule
+        self.stream_id = stream_id
+        self.max_consecutive_errors = max_consecutive_errors
+        self.log = log or logging.getLogger(__name__)
+        self.consecutive_errors = 0
+        self.polls = 0
+        self._started = time.monotonic()
+        self._unknown_seen: set[str] = set()
+
+    def check(self, hook: KoreHook, *, deadline: float | None = None) -> tuple[Verdict, dict[str, Any] | None]:
+        """Read the status once: ``("success", data)``, ``("waiting", data or None)``, or raise.
+
+        :param deadline: Epoch seconds by which the read gives up (waiting for its turn or
+            retrying); a read that runs out of time is "not yet".
+
+        Raises :class:`KoreCampaignStatusError` on a failure status (or a terminal status that is
+        not a target), a non-transient :class:`KoreError` at once, and a transient one only past
+        ``max_consecutive_errors``.
+        """
+        self.polls += 1
+        try:
+            data = hook.get_campaign_status(self.campaign_id, stream_id=self.stream_id, deadline=deadline)
+        except KoreError as exc:
+            if not exc.transient:
+                raise
+            self.consecutive_errors += 1
+            limit = self.max_consecutive_errors
+            if limit is not None and self.consecutive_errors > limit:
+                self.log.error("Kore.ai campaign %s: %d status reads in a row failed", self.campaign_id, limit + 1)
+                raise
+            self.log.warning("Kore.ai campaign %s: not yet, Kore.ai is unavailable (%s)", self.campaign_id, exc)
+            return "waiting", None
+        self.consecutive_errors = 0
+        status = str(data.get("status", ""))
+        verdict = self.rule.verdict(status)
+        elapsed = time.monotonic() - self._started
+        if verdict == "failure":
+            raise KoreCampaignStatusError(
+                self.rule.explain_failure(self.campaign_id, status), campaign_id=self.campaign_id, status=status
+            )
+        if verdict == "success":
+            self.log.info("Kore.ai campaign %s is %s after %.0fs", self.campaign_id, status, elapsed)
+            return verdict, data
+        if not is_known(status) and status.lower() not in self._unknown_seen:
+            self._unknown_seen.add(status.lower())
+            self.log.warning(
+                "Kore.ai campaign %s reports status %r, which this provider does not know: waiting on it",
+                self.campaign_id,
+                status,
+            )
+        waited_for = ", ".join(self.rule.target_statuses)
+        self.log.info(
+            "Kore.ai campaign %s is %s after %.0fs; waiting for %s", self.campaign_id, status, elapsed, waited_for
+        )
+        return verdict, data
+
+
+_EVENT_KINDS = ("success", "failure", "timeout", "error")
+
+
+def check_trigger_event(event: object, campaign_id: str, rule: StatusRule | None = None) -> dict[str, Any]:
+    """Return the trigger's event if it reports success; raise for anything else (fail closed).
+
+    ``failure`` raises :class:`KoreCampaignStatusError`, ``timeout`` raises
+    :class:`KoreCampaignTimeoutError` (an ``AirflowSensorTimeout``), ``error`` raises
+    :class:`KoreError`; a missing event, an unknown kind, an event for another campaign, or a
+    "success" whose status is not a target under ``rule`` raises :class:`KoreError` too.
+    """
+    where = f"Kore.ai campaign {campaign_id!r}"
+    if not isinstance(event, Mapping):
+        raise KoreError(f"{where}: the wait ended without a trigger event ({type(event).__name__}); failing closed")
+    kind = event.get("status")
+    status = event.get("campaign_status")
+    status_text = None if status is None else str(status)
+    message = redact(str(event.get("message") or "")) or None
+    if event.get("campaign_id") not in (None, campaign_id):
+        raise KoreError(f"{where}: the trigger reported on campaign {event.get('campaign_id')!r}; failing closed")
+    if kind == "success":
+        if rule is not None and rule.verdict(status_text) != "success":
+            raise KoreError(
+                f"{where}: the trigger reported success with status {status_text!r}, "
+                f"which is not one of {', '.join(rule.target_statuses)}; failing closed"
+            )
+        return dict(event)
+    if kind == "failure":
+        raise KoreCampaignStatusError(
+            message or f"{where} is {status_text!r}, a status the wait must not end in",
+            campaign_id=campaign_id,
+            status=status_text or "",
+        )
+    if kind == "timeout":
+        raise KoreCampaignTimeoutError(
+            message or f"{where} did not reach the target status in time (last status {status_text!r})",
+            campaign_id=campaign_id,
+            status=status_text,
+        )
+    if kind == "error":
+        raise KoreError(message or f"{where}: the wait failed with an error the trigger did not describe")
+    raise KoreError(f"{where}: unknown trigger event status {kind!r} (expected one of {_EVENT_KINDS}); failing closed")
