@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -56,6 +57,8 @@ class Endpoint:
     label: str = ""
     #: The answer must carry a ``data`` object (the read operations).
     returns_data: bool = False
+    #: What the call is about, in messages; filled from the path values and the body's fields.
+    subject: str = "campaign {campaign_id!r}"
 
 
 # The four pages in Kore.ai's documentation, to the letter. Where the pages disagree (the stop
@@ -88,6 +91,42 @@ ENDPOINTS: dict[str, Endpoint] = {
         "/api/v2/public/{stream_id}/campaign/trigger/{campaign_id}",
         (("accountId", "{account_id}"), ("campaignType", "{campaign_type}"), ("trigger", "stop")),
         label="stop campaign",
+    ),
+    # -- pipelines (issue 14): Kore.ai's contact-list and contact-outcome pages, followed as written.
+    "list_campaigns": Endpoint(
+        "POST",
+        "/campaign/api/v2/public/{stream_id}/campaign/getAllCampaignDetails",
+        (("accountId", "{account_id}"),),
+        label="list campaigns",
+        returns_data=True,
+        subject="{type} campaigns",
+    ),
+    # The seed status path with view=contacts; this page shows no accountId query.
+    "get_campaign_contacts": Endpoint(
+        "POST",
+        "/campaign/api/v2/public/{stream_id}/campaign/{campaign_id}/status",
+        (("view", "contacts"),),
+        label="get campaign contacts",
+        returns_data=True,
+    ),
+    # Creating a list or adding contacts twice is not harmless: a lost answer is never re-sent.
+    "create_contact_list": Endpoint(
+        "POST",
+        "/campaign/api/v2/public/{stream_id}/campaign/contactList/createContactList",
+        (("accountId", "{account_id}"),),
+        idempotent=False,
+        label="create contact list",
+        returns_data=True,
+        subject="contact list {name!r}",
+    ),
+    # An older api/1.1 path: no /campaign prefix, the application id (iid) in the path, no query.
+    "add_contacts": Endpoint(
+        "POST",
+        "/api/1.1/public/{iid}/campaign/contactList/addContacts",
+        (),
+        idempotent=False,
+        label="add contacts",
+        subject="contact list {contact_list_name!r}",
     ),
 }
 
@@ -254,55 +293,159 @@ class PreparedCall:
 
     operation: str
     endpoint: Endpoint
-    campaign_id: str
+    campaign_id: str | None
     stream_id: str
     method: str
     url: str
     headers: dict[str, str]
     body: bytes | None
+    #: What the call is about, for messages: "campaign 'cd-1'", "contact list 'Nightly'".
+    subject: str = ""
+
+
+_PATH_PARAMS = ("campaign_id", "campaign_type", "iid")
 
 
 def prepare(
     config: KoreConnectionConfig,
     operation: str,
-    campaign_id: object,
+    campaign_id: object = None,
     *,
     stream_id: str | None = None,
-    campaign_type: object = None,
+    body: Mapping[str, Any] | None = None,
+    **params: object,
 ) -> PreparedCall:
-    """Validate the input and build the documented request for ``operation``."""
+    """Validate the input and build the documented request for ``operation``.
+
+    ``params`` fill the endpoint's ``{campaign_id}``, ``{campaign_type}`` and ``{iid}`` (default:
+    the connection's ``iid`` extra, else the stream id); ``body`` is sent as JSON on a POST
+    (default ``{}``). ``campaign_id`` may also come second, positionally.
+    """
     endpoint = ENDPOINTS[operation]
-    campaign = validate_id("campaign_id", campaign_id)
+    unknown = sorted(set(params) - set(_PATH_PARAMS))
+    if unknown:
+        raise TypeError(f"prepare() got unexpected parameters: {', '.join(unknown)}")
+    if campaign_id is not None:
+        params["campaign_id"] = campaign_id
+    template = endpoint.path + str(endpoint.query)
+    campaign = params.get("campaign_id")
+    if "{campaign_id}" in template or campaign is not None:
+        campaign = validate_id("campaign_id", campaign)
     stream = config.resolve_stream_id(stream_id)
+    campaign_type = params.get("campaign_type")
+    iid = validate_id("iid", params.get("iid") or config.iid or stream)
     values = {
         "stream_id": quote(stream, safe=""),
-        "campaign_id": quote(campaign, safe=""),
+        "campaign_id": quote(campaign or "", safe=""),
         "account_id": config.account_id,
         "campaign_type": validate_campaign_type(campaign_type) if campaign_type is not None else "",
+        "iid": quote(iid, safe=""),
     }
-    if "{campaign_type}" in str(endpoint.query) and not values["campaign_type"]:
+    if "{campaign_type}" in template and not values["campaign_type"]:
         raise KoreConfigurationError(f"{endpoint.label} needs a campaign_type ({', '.join(CAMPAIGN_TYPES)})")
     path = endpoint.path.format(**values)
     query = urlencode([(key, value.format(**values)) for key, value in endpoint.query])
     headers = {
-        "iid": config.iid or stream,
+        "iid": iid,
         "accountId": config.account_id,
         "Accept": "application/json",
     }
-    body = None
+    payload = None
     if endpoint.method == "POST":
         headers["Content-Type"] = "application/json"
-        body = b"{}"
+        payload = json.dumps(dict(body or {}), separators=(",", ":")).encode()
+    elif body is not None:
+        raise TypeError(f"{endpoint.label} is a {endpoint.method} and takes no body")
+    try:
+        subject = endpoint.subject.format_map({**(body or {}), "campaign_id": campaign, "stream_id": stream})
+    except (KeyError, ValueError, IndexError):
+        subject = endpoint.label
     return PreparedCall(
         operation=operation,
         endpoint=endpoint,
         campaign_id=campaign,
         stream_id=stream,
         method=endpoint.method,
-        url=f"{config.base_url}{path}?{query}",
+        url=f"{config.base_url}{path}?{query}" if query else f"{config.base_url}{path}",
         headers=headers,
-        body=body,
+        body=payload,
+        subject=subject,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines (issue 14): Kore.ai's documented limits, checked before any request is sent.
+
+MAX_LIST_NAME_LENGTH = 48
+MAX_LIST_DESCRIPTION_LENGTH = 256
+#: The contact fields a contact list maps (createContactList's ``mapping``).
+CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
+LIST_STATUSES = ("Active", "Completed", "Ready", "Paused", "Preparing", "Stopped", "Scheduled", "Rescheduled")
+#: Contact outcomes per page: the documented maximum.
+CONTACTS_PAGE_SIZE = 100
+CAMPAIGNS_PAGE_SIZE = 100
+DEFAULT_BATCH_SIZE = 500
+_PHONE = re.compile(r"\+?[0-9]{5,15}")
+_PHONE_SEPARATORS = re.compile(r"[\s().-]")
+
+
+def validate_text(name: str, value: object, limit: int) -> str:
+    """A non-blank string of at most ``limit`` characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise KoreConfigurationError(f"{name} must be a non-empty string; got {value!r}")
+    if len(value) > limit:
+        raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
+    return value
+
+
+def validate_batch_size(value: object) -> int:
+    """A batch size: an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {value!r}")
+    return value
+
+
+def campaign_statuses(statuses: object) -> list[str] | None:
+    """The documented capitalisation of each status (matched case-insensitively); None for no filter."""
+    if statuses is None:
+        return None
+    known = {status.lower(): status for status in LIST_STATUSES}
+    items = [statuses] if isinstance(statuses, str) else statuses
+    if not isinstance(items, (list, tuple, set, frozenset)):
+        raise KoreConfigurationError(f"statuses must be a status name or a list of them; got {statuses!r}")
+    names = [known.get(str(item).strip().lower()) for item in items]
+    if None in names or not names:
+        raise KoreConfigurationError(f"statuses must be among {', '.join(LIST_STATUSES)}; got {statuses!r}")
+    return [name for name in names if name]
+
+
+def contact_payload(contact: object) -> dict[str, Any]:
+    """One contact for addContacts: ``phoneNumber`` (digits, optional +) and the mapped fields.
+
+    Separators (spaces, dots, dashes, brackets) are dropped from the number; blank fields are
+    left out. Raises :class:`KoreConfigurationError` saying what is wrong.
+    """
+    if not isinstance(contact, Mapping):
+        raise KoreConfigurationError(f"a contact must be a mapping of fields; got {type(contact).__name__}")
+    unknown = sorted(str(key) for key in contact if key not in CONTACT_FIELDS)
+    if unknown:
+        raise KoreConfigurationError(f"unknown contact fields {unknown}; Kore.ai maps {', '.join(CONTACT_FIELDS)}")
+    payload: dict[str, Any] = {}
+    for key, value in contact.items():
+        if isinstance(value, str):
+            value = value.strip()
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise KoreConfigurationError(f"contact field {key} must be text or a number; got {value!r}")
+        payload[key] = value
+    phone = _PHONE_SEPARATORS.sub("", str(payload.get("phoneNumber", "")))
+    if not _PHONE.fullmatch(phone):
+        raise KoreConfigurationError(
+            f"no usable phoneNumber ({contact.get('phoneNumber')!r}): 5 to 15 digits, optionally after a +"
+        )
+    payload["phoneNumber"] = phone
+    return payload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +500,7 @@ def parse_answer(
         parsed = False
     else:
         parsed = True
-    where = f"Kore.ai {call.endpoint.label} for campaign {call.campaign_id!r}"
+    where = f"Kore.ai {call.endpoint.label} for {call.subject}"
 
     if not 200 <= status_code < 300:
         kore_msg = kore_error_text(payload) if parsed else None

@@ -8,9 +8,12 @@
     ├── KoreApiError                Kore answered with an error
     │   ├── KoreAuthError           401 / 403: wrong client id or secret, or missing scope
     │   ├── KoreNotFoundError       404: unknown campaign or stream
+    │   │   └── KoreCampaignNotFoundError  no campaign of the type has the name a task asked for
     │   ├── KoreRateLimitError      429: over Kore's rate limit, after retries
     │   ├── KoreServerError         5xx, after retries
     │   └── KoreBadResponseError    an answer that is not the documented JSON
+    ├── KoreCampaignAmbiguousError  several campaigns have that name
+    ├── KoreOutcomeUnknownError     a create or add was sent, its answer lost: not re-sent blindly
     ├── KoreCampaignStatusError     the campaign reached a status it must not (fails the task, no retry)
     └── KoreCampaignTimeoutError    a wait ran out of time (a sensor timeout: no retry, soft_fail skips)
 
@@ -158,16 +161,37 @@ class KoreCampaignTimeoutError(KoreError, AirflowSensorTimeout):
         self.status = status
 
 
+# -- pipelines (issue 14) ---------------------------------------------------------------------
+
+
+class KoreCampaignNotFoundError(KoreNotFoundError):
+    """No campaign of the type has the name a task asked for (names are matched exactly)."""
+
+
+class KoreCampaignAmbiguousError(KoreError):
+    """Several campaigns of the type share the name a task asked for: pass ``campaign_id`` instead."""
+
+
+class KoreOutcomeUnknownError(KoreError):
+    """A request that must not be sent twice (create a list, add contacts) got no answer.
+
+    It may or may not have acted, so it is not re-sent: check the contact list in Kore.ai first.
+    """
+
+
 __all__ = [
     "KoreApiError",
     "KoreAuthError",
     "KoreBadResponseError",
+    "KoreCampaignAmbiguousError",
+    "KoreCampaignNotFoundError",
     "KoreCampaignStatusError",
     "KoreCampaignTimeoutError",
     "KoreConfigurationError",
     "KoreConnectionError",
     "KoreError",
     "KoreNotFoundError",
+    "KoreOutcomeUnknownError",
     "KoreRateLimitError",
     "KoreServerError",
     "Secrets",

@@ -11,25 +11,31 @@ for the connection: hooks on one connection in one process share its request bud
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
 import requests
 from requests.auth import AuthBase
 
-from airflow_provider_kore import api, pacing
+from airflow_provider_kore import api, ids, pacing
 from airflow_provider_kore._compat import BaseHook
 from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreAuthError,
+    KoreBadResponseError,
+    KoreCampaignAmbiguousError,
+    KoreCampaignNotFoundError,
     KoreConfigurationError,
     KoreConnectionError,
     KoreError,
     KoreNotFoundError,
+    KoreOutcomeUnknownError,
     KoreRateLimitError,
     Secrets,
     redact,
@@ -284,7 +290,7 @@ class KoreHook(BaseHook):
                     }
                 if unknown_outcomes > self.retry_policy.max_retries:
                     raise KoreConnectionError(
-                        f"Kore.ai start campaign for campaign {prepared.campaign_id!r} got no answer "
+                        f"Kore.ai start campaign for {prepared.subject} got no answer "
                         f"{unknown_outcomes} times ({unknown.cause}); the campaign is {status!r}",
                         operation=prepared.operation,
                         campaign_id=prepared.campaign_id,
@@ -301,6 +307,157 @@ class KoreHook(BaseHook):
     ) -> dict[str, Any]:
         """Stop (``trigger=stop``) a campaign; returns Kore's answer (``status``, ``message``, ...)."""
         return self._call("stop_campaign", campaign_id, stream_id=stream_id, campaign_type=campaign_type)
+
+    # -- pipelines (issue 14): thin wrappers over _send; the endpoints are in api.ENDPOINTS ----------
+
+    def list_campaigns(
+        self, campaign_type: str, statuses: str | Iterable[str] | None = None, stream_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), read page by page.
+
+        Each item is Kore's row with ``id`` set (voice rows carry ``_id``, SMS rows ``id``).
+        """
+        body: dict[str, Any] = {
+            "type": ids.validate_campaign_type(campaign_type),
+            "limit": api.CAMPAIGNS_PAGE_SIZE,
+            "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
+        }
+        wanted = api.campaign_statuses(statuses)
+        if wanted:
+            body["filters"] = {"status": wanted}
+        rows = self._pages("list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * body["limit"]})
+        return self._with_ids(rows)
+
+    @staticmethod
+    def _with_ids(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        seen: set[str] = set()
+        for row in rows:
+            campaign_id = row.get("_id") or row.get("id")
+            if not isinstance(campaign_id, str) or not campaign_id:
+                raise KoreBadResponseError(f"Kore.ai list campaigns: a row without _id or id: {row.get('name')!r}")
+            if campaign_id not in seen:  # a page boundary that moved meanwhile repeats a row
+                seen.add(campaign_id)
+                yield {**row, "id": campaign_id}
+
+    def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
+        """The id of the one ``campaign_type`` campaign named exactly ``name``.
+
+        Raises :class:`KoreCampaignNotFoundError` when none is, :class:`KoreCampaignAmbiguousError`
+        when several are.
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
+        kind = ids.validate_campaign_type(campaign_type)
+        found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
+        where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)!r}"
+        if not found:
+            raise KoreCampaignNotFoundError(f"Kore.ai has no {where}", operation="list_campaigns")
+        if len(found) > 1:
+            raise KoreCampaignAmbiguousError(
+                f"Kore.ai has {len(found)} of {where} ({', '.join(found[:5])}): pass campaign_id instead"
+            )
+        return found[0]
+
+    def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
+        return self._pages(
+            "get_campaign_contacts",
+            lambda page: {"page": page, "limit": api.CONTACTS_PAGE_SIZE},
+            campaign_id,
+            stream_id,
+        )
+
+    def create_contact_list(
+        self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``."""
+        body = {
+            "name": api.validate_text("name", name, api.MAX_LIST_NAME_LENGTH),
+            "description": api.validate_text("description", description, api.MAX_LIST_DESCRIPTION_LENGTH),
+            "source": "passiveApi",
+            "allowDuplicates": bool(allow_duplicates),
+        }
+        prepared = api.prepare(self.config, "create_contact_list", stream_id=stream_id, body=body)
+        return self._send_once(prepared, "the list may exist now")["data"]
+
+    def add_contacts(
+        self,
+        contact_list_name: str,
+        contacts: Iterable[Mapping[str, Any]],
+        batch_size: int = api.DEFAULT_BATCH_SIZE,
+        stream_id: str | None = None,
+    ) -> int:
+        """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
+
+        ``contacts`` is read lazily (a generator of a million rows is fine); each batch is checked
+        (:func:`api.contact_payload`) before it is sent. Kore queues the add: it is not done on return.
+        """
+        name = api.validate_text("contact_list_name", contact_list_name, api.MAX_LIST_NAME_LENGTH)
+        size = api.validate_batch_size(batch_size)
+        self.config.resolve_stream_id(stream_id)
+        rows = iter(contacts)
+        sent = 0
+        while True:
+            batch = []
+            for number, contact in enumerate(itertools.islice(rows, size), start=sent + 1):
+                try:
+                    batch.append(api.contact_payload(contact))
+                except KoreConfigurationError as exc:
+                    raise KoreConfigurationError(f"contact {number}: {exc}") from None
+            if not batch:
+                return sent
+            body = {"contact_list_name": name, "data": batch}
+            prepared = api.prepare(self.config, "add_contacts", stream_id=stream_id, body=body)
+            self._send_once(prepared, f"{sent} contacts were sent before this batch of {len(batch)}")
+            sent += len(batch)
+
+    def _pages(
+        self,
+        operation: str,
+        body_for: Callable[[int], dict[str, Any]],
+        campaign_id: str | None = None,
+        stream_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
+
+        def prepare(page: int) -> api.PreparedCall:
+            return api.prepare(self.config, operation, campaign_id, stream_id=stream_id, body=body_for(page))
+
+        first = prepare(1)
+
+        def read() -> Iterator[dict[str, Any]]:
+            page, prepared = 1, first
+            while True:
+                data = self._send(prepared)["data"]
+                results = data.get("results")
+                if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
+                    raise KoreBadResponseError(
+                        f"Kore.ai {prepared.endpoint.label} for {prepared.subject}: page {page} has no results list",
+                        operation=operation,
+                        campaign_id=campaign_id,
+                    )
+                yield from results
+                more, total = data.get("hasMore"), data.get("totalPages")
+                if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
+                    more = page < total if isinstance(total, int) else len(results) >= body_for(page)["limit"]
+                if not results or not more:
+                    return
+                page += 1
+                prepared = prepare(page)
+
+        return read()
+
+    def _send_once(self, prepared: api.PreparedCall, note: str) -> dict[str, Any]:
+        """:meth:`_send` for a request that must not be sent twice: a lost answer raises, it is not re-sent."""
+        try:
+            return self._send(prepared)
+        except _OutcomeUnknown as unknown:
+            raise KoreOutcomeUnknownError(
+                f"Kore.ai {prepared.endpoint.label} for {prepared.subject} got no answer ({unknown.cause}); "
+                f"it may have been done, so it is not sent again ({note}): check in Kore.ai"
+            ) from None
+
+    # -- end of pipelines ------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call (a status read), as the UI's Test button runs it.
@@ -380,8 +537,7 @@ class KoreHook(BaseHook):
                     else "Kore.ai's rate limit (429) leaves no room for a request"
                 )
                 raise KoreRateLimitError(
-                    f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r}: {what} "
-                    "before the deadline",
+                    f"Kore.ai {prepared.endpoint.label} for {prepared.subject}: {what} before the deadline",
                     operation=prepared.operation,
                     campaign_id=prepared.campaign_id,
                 ) from None
@@ -400,7 +556,7 @@ class KoreHook(BaseHook):
                     raise _OutcomeUnknown(cause) from None
                 if retries >= policy.max_retries:
                     raise KoreConnectionError(
-                        f"Kore.ai {prepared.endpoint.label} for campaign {prepared.campaign_id!r} failed "
+                        f"Kore.ai {prepared.endpoint.label} for {prepared.subject} failed "
                         f"after {retries + 1} attempts at {self.config.base_url}: {cause}",
                         operation=prepared.operation,
                         campaign_id=prepared.campaign_id,
@@ -408,9 +564,9 @@ class KoreHook(BaseHook):
                 retries += 1
                 delay = policy.delay(retries)
                 self.log.warning(
-                    "Kore.ai %s for campaign %s: %s; retry %d/%d in %.1fs",
+                    "Kore.ai %s for %s: %s; retry %d/%d in %.1fs",
                     prepared.endpoint.label,
-                    prepared.campaign_id,
+                    prepared.subject,
                     cause,
                     retries,
                     policy.max_retries,
@@ -443,9 +599,9 @@ class KoreHook(BaseHook):
                 retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
                 delay = policy.delay(retries, retry_after)
                 self.log.warning(
-                    "Kore.ai %s for campaign %s: HTTP %d; retry %d/%d in %.1fs",
+                    "Kore.ai %s for %s: HTTP %d; retry %d/%d in %.1fs",
                     prepared.endpoint.label,
-                    prepared.campaign_id,
+                    prepared.subject,
                     status,
                     retries,
                     policy.max_retries,
