@@ -39,8 +39,11 @@ from airflow_provider_kore.ids import (  # noqa: F401 - re-exported: api.validat
     CAMPAIGN_TYPES,
     DEFAULT_CONN_ID,
     MAX_ID_LENGTH,
+    MAX_LIST_DESCRIPTION_LENGTH,
+    MAX_LIST_NAME_LENGTH,
     validate_campaign_type,
     validate_id,
+    validate_text,
 )
 
 
@@ -376,8 +379,6 @@ def prepare(
 # ---------------------------------------------------------------------------------------------
 # Pipelines (issue 14): Kore.ai's documented limits, checked before any request is sent.
 
-MAX_LIST_NAME_LENGTH = 48
-MAX_LIST_DESCRIPTION_LENGTH = 256
 #: The contact fields a contact list maps (createContactList's ``mapping``).
 CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
 LIST_STATUSES = ("Active", "Completed", "Ready", "Paused", "Preparing", "Stopped", "Scheduled", "Rescheduled")
@@ -387,15 +388,6 @@ CAMPAIGNS_PAGE_SIZE = 100
 DEFAULT_BATCH_SIZE = 500
 _PHONE = re.compile(r"\+?[0-9]{5,15}")
 _PHONE_SEPARATORS = re.compile(r"[\s().-]")
-
-
-def validate_text(name: str, value: object, limit: int) -> str:
-    """A non-blank string of at most ``limit`` characters."""
-    if not isinstance(value, str) or not value.strip():
-        raise KoreConfigurationError(f"{name} must be a non-empty string; got {value!r}")
-    if len(value) > limit:
-        raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
-    return value
 
 
 def validate_batch_size(value: object) -> int:
