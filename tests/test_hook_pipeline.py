@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from airflow_provider_kore import api
+from airflow_provider_kore import api, pacing
 from airflow_provider_kore.exceptions import (
     KoreApiError,
     KoreBadResponseError,
@@ -18,13 +18,27 @@ from airflow_provider_kore.exceptions import (
     KoreNotFoundError,
     KoreOutcomeUnknownError,
 )
-from tests.test_hook import BASE, clock, hook, set_conn  # noqa: F401 - fixtures
+from airflow_provider_kore.hooks.kore import KoreHook
+from tests.test_hook import BASE, FakeClock, set_conn
 
 LIST_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/getAllCampaignDetails?accountId=acc-1"
 CONTACTS_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/cd-1/status?view=contacts"
 CREATE_URL = f"{BASE}/campaign/api/v2/public/st-1/campaign/contactList/createContactList?accountId=acc-1"
 ADD_URL = f"{BASE}/api/1.1/public/st-1/campaign/contactList/addContacts"
 ADD_ANSWER = {"message": "Adding contacts to public list is in progress"}
+
+
+@pytest.fixture
+def hook(monkeypatch):
+    """A hook on the test connection, with a fake pacing clock: backoff and pacing waits are recorded, not slept."""
+    fake = FakeClock()
+    monkeypatch.setattr(pacing, "clock", fake)
+    pacing.reset_sync_pacers()
+    set_conn(monkeypatch)
+    h = KoreHook()
+    h._sleep = fake.sleep
+    yield h
+    pacing.reset_sync_pacers()
 
 
 def page_of_campaigns(rows, *, more):
@@ -53,7 +67,9 @@ def test_pipeline_urls_follow_the_pages_as_written(monkeypatch):
     assert add.url == ADD_URL
     assert add.headers["iid"] == "st-1"
     assert add.subject == "contact list 'n'"
-    assert api.prepare(config, "add_contacts", iid="st-app", body={}).url.endswith("/public/st-app/campaign/contactList/addContacts")
+    assert api.prepare(config, "add_contacts", iid="st-app", body={}).url.endswith(
+        "/public/st-app/campaign/contactList/addContacts"
+    )
 
 
 def test_iid_extra_goes_in_the_add_contacts_path(monkeypatch):
@@ -120,7 +136,7 @@ def test_find_campaign_none_is_a_not_found_naming_the_name(hook, requests_mock):
 def test_find_campaign_several_is_ambiguous_naming_the_name_and_ids(hook, requests_mock):
     rows = [{"id": "cd-1", "name": "Renewal"}, {"id": "cd-2", "name": "Renewal"}]
     requests_mock.post(LIST_URL, json=page_of_campaigns(rows, more=False))
-    with pytest.raises(KoreCampaignAmbiguousError, match="'Renewal'.*cd-1, cd-2"):
+    with pytest.raises(KoreCampaignAmbiguousError, match=r"'Renewal'.*cd-1, cd-2"):
         hook.find_campaign("Renewal", "sms")
 
 
@@ -210,7 +226,7 @@ def test_a_lost_create_answer_is_not_sent_again(hook, requests_mock):
 
 def test_a_refused_create_is_an_api_error_naming_the_list(hook, requests_mock):
     requests_mock.post(CREATE_URL, status_code=400, json={"errors": [{"msg": "name already exists"}]})
-    with pytest.raises(KoreApiError, match="create contact list for contact list 'Nightly'.*already exists"):
+    with pytest.raises(KoreApiError, match=r"create contact list for contact list 'Nightly'.*already exists"):
         hook.create_contact_list("Nightly", "d")
 
 
