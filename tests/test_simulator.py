@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ import jwt
 import pytest
 import requests
 
-from airflow_provider_kore.testing import RATE_LIMIT_MESSAGE, KoreSimulator
+from airflow_provider_kore.testing import DROPPED, RATE_LIMIT_MESSAGE, KoreSimulator
 from airflow_provider_kore.testing.__main__ import build_parser, main
 from airflow_provider_kore.testing.simulator import DEFAULT_CLIENT_SECRET
 
@@ -401,8 +402,8 @@ def test_missing_account_query_is_400_where_documented(api: Api, operation: str)
     assert "accountId" in msg
 
 
-def test_view_other_than_status_is_400(api: Api) -> None:
-    status, msg = kore_error(api.status(query={"view": "contacts"}))
+def test_view_other_than_status_or_contacts_is_400(api: Api) -> None:
+    status, msg = kore_error(api.status(query={"view": "everything"}))
     assert status == 400
     assert "view" in msg
 
@@ -1125,8 +1126,622 @@ def test_cli_serves_and_stops_cleanly(sig: signal.Signals) -> None:
     assert "export AIRFLOW_CONN_KORE_DEFAULT=" in output
     conn_json = output.split("export AIRFLOW_CONN_KORE_DEFAULT=", 1)[1].splitlines()[0].strip("'")
     assert json.loads(conn_json)["host"] == url
+    # The URI form printed next to it is one that stays plain HTTP (issue 13).
+    exports = [line for line in output.splitlines() if line.startswith("export AIRFLOW_CONN_KORE_DEFAULT=")]
+    assert len(exports) == 2
+    (uri,) = shlex.split(exports[1].split("=", 1)[1])
+    assert uri.startswith("kore://")
+    from airflow.models.connection import Connection as ModelConnection
+
+    from airflow_provider_kore.api import KoreConnectionConfig
+
+    for conn in (ModelConnection(conn_id="kore_default", uri=uri), _conn_from_uri(uri, conn_id="kore_default")):
+        config = KoreConnectionConfig.from_connection(conn)
+        assert config.base_url == url
+        assert config.base_url.startswith("http://127.0.0.1:")
+        assert (config.client_secret, config.account_id, config.stream_id) == (
+            secret,
+            "sim-account-0001",
+            "st-sim-0001",
+        )
     assert "POST /campaign/api/v2/public/st-sim-0001/campaign/cd-cli-0001 -> 200" in output
     assert token not in output
     assert "Traceback" not in output
     with pytest.raises(requests.exceptions.ConnectionError):
         requests.get(url, timeout=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline calls (issue 14): list campaigns, contact outcomes, contact lists, add contacts.
+
+LIST_PATH = "/campaign/api/v2/public/{stream}/campaign/getAllCampaignDetails"
+CREATE_LIST_PATH = "/campaign/api/v2/public/{stream}/campaign/contactList/createContactList"
+ADD_CONTACTS_PATH = "/api/1.1/public/{stream}/campaign/contactList/addContacts"
+
+
+def pipe(
+    api: Api,
+    operation: str,
+    body: Any,
+    *,
+    campaign_id: str = VOICE,
+    stream: str | None = None,
+    query: dict[str, str | None] | None = None,
+    timeout: float = 10,
+) -> requests.Response:
+    """POST one of the four pipeline calls, as documented; ``query`` entries set to None are removed."""
+    s = stream or api.sim.stream_id
+    account = {"accountId": api.sim.account_id}
+    path, params = {
+        "list": (LIST_PATH.format(stream=s), account),
+        "contacts": (f"/campaign/api/v2/public/{s}/campaign/{campaign_id}/status", {"view": "contacts"}),
+        "create_list": (CREATE_LIST_PATH.format(stream=s), account),
+        "add": (ADD_CONTACTS_PATH.format(stream=s), {}),
+    }[operation]
+    final = dict(params)
+    for key, value in (query or {}).items():
+        final.pop(key, None)
+        if value is not None:
+            final[key] = value
+    data = body if isinstance(body, str) else json.dumps(body)
+    return api.http.post(api.sim.url + path, params=final, headers=api.headers(), data=data, timeout=timeout)
+
+
+def new_list(api: Api, name: str = "Tonight", **fields: Any) -> requests.Response:
+    body = {"name": name, "description": "Tonight's call list", "source": "passiveApi", **fields}
+    return pipe(api, "create_list", body)
+
+
+def ok_data(response: requests.Response) -> Any:
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success"
+    return body["data"]
+
+
+def many_campaigns(n: int, campaign_type: str = "sms", **spec: Any) -> dict[str, Any]:
+    return {
+        f"cd-{campaign_type}-{i:03d}": {"campaign_type": campaign_type, "name": f"C{i:03d}", **spec} for i in range(n)
+    }
+
+
+def test_list_campaigns_shapes_voice_id_and_sms_id(api: Api) -> None:
+    voice = ok_data(pipe(api, "list", {"type": "voice"}))
+    assert set(voice) == {"results", "skip", "limit", "hasMore", "totalPages", "totalResults"}
+    assert voice["totalResults"] == 1
+    (row,) = voice["results"]
+    assert row["_id"] == VOICE
+    assert "id" not in row
+    assert row["name"] == "Policy Renewal Voice Campaign"
+    for key in ("description", "status", "createdAt", "updatedAt", "campaignInstanceUpdatedAt", "schedule"):
+        assert key in row, key
+    assert row["priority"] == "5"
+    assert row["contactLists"] == ["Simulator contacts"]
+    assert isinstance(row["dncLists"], list)
+    assert row["dialingMode"]
+    assert row["connection"]
+    assert set(row["schedule"]) == {"isSchedulingEnabled", "isRecurrenceEnabled"}
+    sms = ok_data(pipe(api, "list", {"type": "sms"}))
+    assert [r["id"] for r in sms["results"]] == [SMS, "cd-sms-followup-0002"]
+    assert all("_id" not in r for r in sms["results"])
+    assert {"totalMessagesSent", "campaignExecutionType", "format", "message"} <= set(sms["results"][0])
+
+
+def test_list_campaigns_pages_to_the_end() -> None:
+    with KoreSimulator(campaigns=many_campaigns(7)) as sim:
+        api = Api(sim)
+        seen, page = [], 1
+        while True:
+            data = ok_data(pipe(api, "list", {"type": "sms", "limit": 3, "page": page}))
+            assert (data["limit"], data["skip"], data["totalPages"], data["totalResults"]) == (3, 3 * (page - 1), 3, 7)
+            seen += [r["id"] for r in data["results"]]
+            if not data["hasMore"]:
+                break
+            page += 1
+        assert page == 3
+        assert seen == sim.campaign_ids
+        # skip is an offset and wins over page; a page past the end is empty.
+        data = ok_data(pipe(api, "list", {"type": "sms", "limit": 3, "page": 1, "skip": 5}))
+        assert [r["id"] for r in data["results"]] == sim.campaign_ids[5:]
+        assert data["hasMore"] is False
+        assert ok_data(pipe(api, "list", {"type": "sms", "limit": 3, "page": 9}))["results"] == []
+        # No voice campaigns: an empty first page.
+        assert ok_data(pipe(api, "list", {"type": "voice"}))["totalPages"] == 0
+
+
+def test_list_campaigns_filters_sorts_and_keeps_duplicate_names() -> None:
+    with KoreSimulator(campaigns=[]) as sim:
+        sim.add_campaign("cd-a", name="Nightly", campaign_type="voice", created_at="2026-01-01T00:00:00.000Z")
+        sim.add_campaign("cd-b", name="Nightly", campaign_type="voice", status="Paused", priority=2)
+        sim.add_campaign("cd-c", name="Alpha", campaign_type="voice", dialing_mode="Preview")
+        api = Api(sim)
+        names = [(r["_id"], r["name"]) for r in ok_data(pipe(api, "list", {"type": "voice"}))["results"]]
+        assert names == [("cd-a", "Nightly"), ("cd-b", "Nightly"), ("cd-c", "Alpha")]
+        by_status = ok_data(pipe(api, "list", {"type": "voice", "filters": {"status": ["Paused", "Active"]}}))
+        assert [r["_id"] for r in by_status["results"]] == ["cd-b"]
+        assert by_status["totalResults"] == 1
+        by_priority = ok_data(pipe(api, "list", {"type": "voice", "filters": {"priority": [2]}}))
+        assert [r["_id"] for r in by_priority["results"]] == ["cd-b"]
+        by_mode = ok_data(pipe(api, "list", {"type": "voice", "filters": {"dialingMode": ["Preview"]}}))
+        assert [r["_id"] for r in by_mode["results"]] == ["cd-c"]
+        by_name = ok_data(pipe(api, "list", {"type": "voice", "sortBy": {"name": "asc"}}))
+        assert [r["_id"] for r in by_name["results"]] == ["cd-c", "cd-a", "cd-b"]
+        newest = ok_data(pipe(api, "list", {"type": "voice", "sortBy": {"createdAt": "desc"}}))
+        assert newest["results"][-1]["_id"] == "cd-a"
+        since = ok_data(pipe(api, "list", {"type": "voice", "startDate": "2026-01-02T00:00:00Z"}))
+        assert {r["_id"] for r in since["results"]} == {"cd-b", "cd-c"}
+        until = ok_data(pipe(api, "list", {"type": "voice", "endDate": "2026-01-02T00:00:00Z"}))
+        assert [r["_id"] for r in until["results"]] == ["cd-a"]
+
+
+@pytest.mark.parametrize(
+    ("body", "word"),
+    [
+        ({}, "type"),
+        ({"type": "email"}, "type"),
+        ({"type": "sms", "limit": 0}, "limit"),
+        ({"type": "sms", "limit": "10"}, "limit"),
+        ({"type": "sms", "page": 0}, "page"),
+        ({"type": "sms", "skip": -1}, "skip"),
+        ({"type": "sms", "page": True}, "page"),
+        ({"type": "sms", "filters": []}, "filters"),
+        ({"type": "sms", "filters": {"status": {"Active": 1}}}, "status"),
+        ({"type": "sms", "sortBy": {"priority": "asc"}}, "sortBy"),
+        ({"type": "sms", "sortBy": {"name": "up"}}, "sortBy"),
+        ({"type": "sms", "startDate": "yesterday"}, "startDate"),
+        ("[]", "JSON object"),
+    ],
+)
+def test_list_campaigns_validation(api: Api, body: Any, word: str) -> None:
+    status, msg = kore_error(pipe(api, "list", body))
+    assert status == 400
+    assert word in msg
+
+
+def test_list_campaigns_route_checks(api: Api) -> None:
+    assert "accountId" in kore_error(pipe(api, "list", {"type": "sms"}, query={"accountId": None}))[1]
+    assert kore_error(pipe(api, "list", {"type": "sms"}, stream="st-other"))[0] == 404
+    response = api.http.get(api.sim.url + LIST_PATH.format(stream=api.sim.stream_id), headers=api.headers(), timeout=5)
+    assert response.status_code == 405
+    assert api.sim.requests[-1].operation is None
+    assert api.sim.count("list_campaigns") == 2
+
+
+def test_start_moves_campaign_instance_updated_at_not_updated_at(api: Api) -> None:
+    def row() -> dict[str, Any]:
+        return ok_data(pipe(api, "list", {"type": "sms"}))["results"][0]
+
+    before = row()
+    assert before["campaignInstanceUpdatedAt"] is None  # never run
+    defined = ok_data(api.get())["updatedAt"]
+    time.sleep(0.01)
+    answer = api.start().json()
+    after = row()
+    assert after["status"] == "Active"
+    assert after["updatedAt"] == before["updatedAt"] == defined == ok_data(api.get())["updatedAt"]
+    assert after["campaignInstanceUpdatedAt"] == answer["updatedAt"] > defined
+    info = api.sim.campaign_info(SMS)
+    assert info["updated_at"] == defined
+    assert info["instance_updated_at"] == answer["updatedAt"]
+
+
+@pytest.mark.parametrize("where", ["simulator", "campaign"])
+def test_updated_at_on_run_option(where: str) -> None:
+    kwargs: dict[str, Any] = {"updated_at_on_run": True}
+    sim_kwargs = kwargs if where == "simulator" else {}
+    campaign_kwargs = kwargs if where == "campaign" else {}
+    with KoreSimulator(campaigns=[], **sim_kwargs) as sim:
+        sim.add_campaign("cd-x", **campaign_kwargs)
+        defined = sim.campaign_info("cd-x")["updated_at"]
+        time.sleep(0.01)
+        answer = Api(sim).start("cd-x").json()
+        assert sim.campaign_info("cd-x")["updated_at"] == answer["updatedAt"] > defined
+
+
+def test_contact_outcomes_seeded_rows_are_completed_with_every_field(api: Api) -> None:
+    api.sim.set_contact_outcomes(
+        VOICE, [{"phoneNumber": "+15550001", "dialerOutcome": "completed"}, {"phoneNumber": "+15550002"}]
+    )
+    data = ok_data(pipe(api, "contacts", {"page": 1, "limit": 100}))
+    assert (data["page"], data["limit"], data["totalPages"], data["totalResults"]) == (1, 100, 1, 2)
+    first, second = data["results"]
+    assert set(first) == {
+        "phoneNumber",
+        "uniqueId",
+        "dialerOutcome",
+        "numberOfAttemptsSoFar",
+        "botSessionId",
+        "agentDispositionCodes",
+        "botOutboundStatus",
+        "botOutboundStatusDetail",
+    }
+    assert (first["phoneNumber"], first["dialerOutcome"], second["dialerOutcome"]) == ("+15550001", "completed", "")
+    assert second["agentDispositionCodes"] == []
+    assert api.sim.contact_outcomes(VOICE) == data["results"]
+    with pytest.raises(ValueError):
+        api.sim.set_contact_outcomes(VOICE, [{"uniqueId": "no phone"}])
+    with pytest.raises(KeyError):
+        api.sim.set_contact_outcomes("cd-nope", 3)
+
+
+def test_contact_outcomes_generated_100000_page_cheaply(api: Api) -> None:
+    api.sim.set_contact_outcomes(VOICE, 100_000)
+    started = time.monotonic()
+    last = ok_data(pipe(api, "contacts", {"page": 1000, "limit": 100}))
+    assert (last["totalPages"], last["totalResults"], len(last["results"])) == (1000, 100_000, 100)
+    assert last["results"][-1]["phoneNumber"] == "+15550099999"
+    assert ok_data(pipe(api, "contacts", {"page": 1001, "limit": 100}))["results"] == []
+    assert time.monotonic() - started < 2
+    first = ok_data(pipe(api, "contacts", {"page": 1, "limit": 100}))["results"]
+    again = ok_data(pipe(api, "contacts", {"page": 1, "limit": 100}))["results"]
+    assert first == again  # deterministic
+    assert len({r["phoneNumber"] for r in first}) == 100
+    assert {r["dialerOutcome"] for r in first} >= {"completed", "busy", "noAnswer", "failed"}
+    assert any(len(r["agentDispositionCodes"]) > 1 for r in first)
+    assert any(r["uniqueId"] == "" for r in first)
+
+
+def test_contact_outcomes_page_to_the_end(api: Api) -> None:
+    api.sim.set_contact_outcomes(SMS, 250)
+    rows, page = [], 1
+    while True:
+        data = ok_data(pipe(api, "contacts", {"page": page, "limit": 100}, campaign_id=SMS))
+        rows += data["results"]
+        if page >= data["totalPages"]:
+            break
+        page += 1
+    assert (page, len(rows)) == (3, 250)
+    assert rows == api.sim.contact_outcomes(SMS)
+    assert len({r["phoneNumber"] for r in rows}) == 250
+    # Defaults when the body names no paging; the status view is unchanged.
+    assert ok_data(pipe(api, "contacts", {}, campaign_id=SMS))["limit"] == 10
+    assert api.status().json() == {
+        "status": "success",
+        "data": {"id": SMS, "status": "Ready", "name": "Welcome SMS Campaign"},
+    }
+    assert [r.operation for r in api.sim.requests][-2:] == ["get_campaign_contacts", "get_campaign_status"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"page": 0, "limit": 10},
+        {"page": 1, "limit": 0},
+        {"page": 1, "limit": 101},
+        {"page": "1"},
+        {"limit": 2.5},
+        {"page": None},
+    ],
+)
+def test_contact_outcomes_bad_paging_is_400(api: Api, body: dict[str, Any]) -> None:
+    status, msg = kore_error(pipe(api, "contacts", body))
+    assert status == 400
+    assert "page" in msg or "limit" in msg
+
+
+def test_contact_outcomes_route_checks(api: Api) -> None:
+    assert kore_error(pipe(api, "contacts", {"page": 1}, campaign_id="cd-nope")) == (404, "Campaign not found")
+    assert kore_error(pipe(api, "contacts", {"page": 1}, stream="st-other"))[0] == 404
+    # The page shows no accountId query, but a wrong one is still refused.
+    assert kore_error(pipe(api, "contacts", {"page": 1}, query={"accountId": "other"}))[0] == 403
+    assert pipe(api, "contacts", {"page": 1}, query={"accountId": api.sim.account_id}).status_code == 200
+
+
+def test_create_contact_list_shape(api: Api) -> None:
+    data = ok_data(new_list(api, "N" * 48, description="d" * 256))
+    assert re.match(r"^cl-[0-9a-f-]{36}$", data["_id"])
+    assert data["name"] == "N" * 48
+    assert (data["status"], data["totalRecordCount"], data["listType"]) == ("Ready", 0, "call")
+    assert set(data["mapping"]) == {"firstName", "lastName", "phoneNumber", "timeZone", "uniqueId", "contactPriority"}
+    assert data["allowDuplicates"] is False
+    assert api.sim.contact_list_names == ["N" * 48]
+    assert api.sim.contact_list_info("N" * 48)["_id"] == data["_id"]
+    assert api.sim.contact_list("N" * 48) == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "word"),
+    [
+        ({"name": "N" * 49}, "name"),
+        ({"name": ""}, "name"),
+        ({"name": None}, "name"),
+        ({"description": "d" * 257}, "description"),
+        ({"description": None}, "description"),
+        ({"source": "csv"}, "source"),
+        ({"source": None}, "source"),
+        ({"allowDuplicates": "yes"}, "allowDuplicates"),
+    ],
+)
+def test_create_contact_list_validation(api: Api, fields: dict[str, Any], word: str) -> None:
+    body = {"name": "Tonight", "description": "Tonight's list", "source": "passiveApi"}
+    body.update(fields)
+    status, msg = kore_error(pipe(api, "create_list", {k: v for k, v in body.items() if v is not None}))
+    assert status == 400
+    assert word in msg
+    assert api.sim.contact_list_names == []
+
+
+def test_create_contact_list_duplicate_name_is_409(api: Api) -> None:
+    assert new_list(api).status_code == 200
+    status, msg = kore_error(new_list(api))
+    assert status == 409
+    assert "already exists" in msg
+    assert "accountId" in kore_error(pipe(api, "create_list", {}, query={"accountId": None}))[1]
+    with pytest.raises(ValueError):
+        api.sim.add_contact_list("Tonight")
+
+
+def test_add_contacts_stores_them_in_order_dropping_duplicates(api: Api) -> None:
+    new_list(api)
+    contacts = [
+        {"phoneNumber": "+1555000001", "firstName": "Ann"},
+        {"phoneNumber": "+1555000002"},
+        {"phoneNumber": "+1555000001"},
+    ]
+    response = pipe(api, "add", {"contact_list_name": "Tonight", "data": contacts})
+    assert response.status_code == 200
+    assert response.json() == {"message": "Adding contacts to public list is in progress"}
+    assert api.sim.contact_list("Tonight") == contacts[:2]
+    assert api.sim.contact_list_info("Tonight")["totalRecordCount"] == 2
+    pipe(
+        api,
+        "add",
+        {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1555000002"}, {"phoneNumber": "+1555000003"}]},
+    )
+    assert [c["phoneNumber"] for c in api.sim.contact_list("Tonight")] == ["+1555000001", "+1555000002", "+1555000003"]
+    record = api.sim.requests[-1]
+    assert (record.operation, record.campaign_id, record.query) == ("add_contacts", None, {})
+    # With allowDuplicates every contact is kept.
+    new_list(api, "Dupes", allowDuplicates=True)
+    pipe(api, "add", {"contact_list_name": "Dupes", "data": contacts})
+    assert api.sim.contact_list("Dupes") == contacts
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "word"),
+    [
+        ({"contact_list_name": "Nope", "data": [{"phoneNumber": "+1"}]}, 404, "Nope"),
+        ({"data": [{"phoneNumber": "+1"}]}, 400, "contact_list_name"),
+        ({"contact_list_name": "Tonight", "data": []}, 400, "data"),
+        ({"contact_list_name": "Tonight", "data": {"phoneNumber": "+1"}}, 400, "data"),
+        (
+            {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1"}, {"firstName": "x"}]},
+            400,
+            "data[1].phoneNumber",
+        ),
+        ({"contact_list_name": "Tonight", "data": [{"phoneNumber": 15550001}]}, 400, "phoneNumber"),
+        ({"contact_list_name": "Tonight", "data": ["+1"]}, 400, "data[0]"),
+    ],
+)
+def test_add_contacts_validation_stores_nothing(api: Api, body: dict[str, Any], status: int, word: str) -> None:
+    new_list(api)
+    code, msg = kore_error(pipe(api, "add", body))
+    assert (code, word in msg) == (status, True), msg
+    assert api.sim.contact_list("Tonight") == []
+
+
+def test_add_contacts_unknown_iid_and_accessors(api: Api) -> None:
+    new_list(api)
+    body = {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1"}]}
+    assert kore_error(pipe(api, "add", body, stream="st-other"))[0] == 404
+    with pytest.raises(KeyError):
+        api.sim.contact_list("Nope")
+
+
+def test_keep_contacts_false_counts_and_dedups_only() -> None:
+    with KoreSimulator(keep_contacts=False) as sim:
+        api = Api(sim)
+        sim.add_contact_list("Big")
+        pipe(
+            api,
+            "add",
+            {"contact_list_name": "Big", "data": [{"phoneNumber": "+1"}, {"phoneNumber": "+1"}, {"phoneNumber": "+2"}]},
+        )
+        assert sim.contact_list("Big") == []
+        assert sim.contact_list_info("Big")["totalRecordCount"] == 2
+
+
+def test_outcomes_derive_from_the_campaigns_lists_once_it_ran() -> None:
+    with KoreSimulator(campaigns=[], complete_after_polls=1) as sim:
+        sim.add_campaign("cd-night", name="Nightly", campaign_type="voice", contact_lists=["Tonight"])
+        api = Api(sim)
+        new_list(api)
+        pipe(
+            api,
+            "add",
+            {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1", "uniqueId": "u1"}, {"phoneNumber": "+2"}]},
+        )
+        assert ok_data(pipe(api, "contacts", {"page": 1}, campaign_id="cd-night"))["results"] == []  # never run
+        api.start("cd-night", campaign_type="voice")
+        running = ok_data(pipe(api, "contacts", {"page": 1}, campaign_id="cd-night"))["results"]
+        assert [(r["phoneNumber"], r["uniqueId"], r["dialerOutcome"]) for r in running] == [
+            ("+1", "u1", ""),
+            ("+2", "", ""),
+        ]
+        api.status("cd-night")  # completes it
+        done = ok_data(pipe(api, "contacts", {"page": 1}, campaign_id="cd-night"))["results"]
+        assert all(r["dialerOutcome"] for r in done)
+        sim.set_contact_outcomes("cd-night", 5)
+        assert ok_data(pipe(api, "contacts", {"page": 1}, campaign_id="cd-night"))["totalResults"] == 5
+        sim.set_contact_outcomes("cd-night", None)
+        assert ok_data(pipe(api, "contacts", {"page": 1}, campaign_id="cd-night"))["totalResults"] == 2
+
+
+def test_pipeline_operations_share_auth_and_header_checks(api: Api) -> None:
+    calls = [("list", {"type": "sms"}), ("contacts", {"page": 1}), ("create_list", {}), ("add", {})]
+    for operation, body in calls:
+        api.token = "not-a-jwt"
+        assert kore_error(pipe(api, operation, body)) == (401, "Invalid or expired token"), operation
+        api.token = make_token(api.sim)
+        response = api.http.post(
+            api.sim.url + pipe_path(api, operation),
+            headers=api.headers({"iid": None}),
+            data=json.dumps(body),
+            timeout=5,
+        )
+        assert "iid" in kore_error(response)[1]
+    operations = [r.operation for r in api.sim.requests]
+    assert operations == [
+        op for op in ("list_campaigns", "get_campaign_contacts", "create_contact_list", "add_contacts") for _ in (0, 1)
+    ]
+
+
+def pipe_path(api: Api, operation: str) -> str:
+    s = api.sim.stream_id
+    return {
+        "list": LIST_PATH.format(stream=s) + f"?accountId={api.sim.account_id}",
+        "contacts": f"/campaign/api/v2/public/{s}/campaign/{VOICE}/status?view=contacts",
+        "create_list": CREATE_LIST_PATH.format(stream=s) + f"?accountId={api.sim.account_id}",
+        "add": ADD_CONTACTS_PATH.format(stream=s),
+    }[operation]
+
+
+def test_pipeline_faults(api: Api) -> None:
+    sim = api.sim
+    sim.inject_fault("list_campaigns", status=503, retry_after=2)
+    sim.inject_fault("get_campaign_contacts", status=429)
+    response = pipe(api, "list", {"type": "sms"})
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "2")
+    assert kore_error(pipe(api, "contacts", {"page": 1})) == (429, RATE_LIMIT_MESSAGE)
+    # A 502 after Kore acted: the list exists although the answer was lost.
+    sim.inject_fault("create_contact_list", status=502, apply_operation=True)
+    assert new_list(api).status_code == 502
+    assert sim.contact_list_names == ["Tonight"]
+    sim.inject_fault("add_contacts", status=504, apply_operation=True)
+    sim.inject_fault("add_contacts", status=500)
+    body = {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1"}]}
+    assert pipe(api, "add", body).status_code == 504
+    assert pipe(api, "add", {**body, "data": [{"phoneNumber": "+2"}]}).status_code == 500
+    assert sim.contact_list("Tonight") == [{"phoneNumber": "+1"}]
+    assert [r.status_code for r in sim.requests] == [503, 429, 502, 504, 500]
+
+
+def test_pipeline_calls_count_against_the_rate_limit(api: Api) -> None:
+    api.sim.set_rate_limit(3, 30)
+    assert pipe(api, "list", {"type": "sms"}).status_code == 200
+    assert pipe(api, "contacts", {"page": 1}).status_code == 200
+    assert new_list(api).status_code == 200
+    response = pipe(api, "add", {"contact_list_name": "Tonight", "data": [{"phoneNumber": "+1"}]})
+    assert kore_error(response) == (429, RATE_LIMIT_MESSAGE)
+    assert api.sim.count("add_contacts", 429) == 1
+    assert api.sim.contact_list("Tonight") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Lost answers, statuses after a start, outages (issue 12).
+
+
+@pytest.mark.parametrize("start_status", ["Active", "Completed", "Scheduled", "Paused", "Preparing", "Warming"])
+def test_start_status_per_campaign(kore_simulator: KoreSimulator, start_status: str) -> None:
+    sim = kore_simulator
+    sim.add_campaign("cd-x", start_status=start_status, complete_after_polls=None)
+    response = Api(sim).start("cd-x")
+    assert response.status_code == 200
+    assert response.json()["status"] == ("Active" if start_status == "Completed" else start_status)
+    assert sim.status_of("cd-x") == start_status
+    assert Api(sim).status("cd-x").json()["data"]["status"] == start_status
+    assert sim.campaign_info("cd-x")["runs"] == 1
+    assert sim.campaign_info("cd-x")["start_status"] == start_status
+
+
+def lose_the_answer(sim: KoreSimulator, way: str) -> None:
+    if way == "502-after":
+        sim.inject_fault("start_campaign", status=502, apply_operation=True)
+    elif way == "read-timeout":
+        sim.inject_fault("start_campaign", delay=0.6)
+    else:
+        sim.inject_fault("start_campaign", drop=way.split("-")[1])
+
+
+@pytest.mark.parametrize("start_status", ["Active", "Completed", "Scheduled", "Paused", "Preparing", "Warming"])
+@pytest.mark.parametrize("way", ["502-after", "read-timeout", "drop-after", "drop-before"])
+def test_lost_start_answers_leave_one_run_or_none(kore_simulator: KoreSimulator, way: str, start_status: str) -> None:
+    sim = kore_simulator
+    sim.add_campaign("cd-x", start_status=start_status, complete_after_polls=None)
+    lose_the_answer(sim, way)
+    api = Api(sim)
+    try:
+        response = api.start("cd-x", timeout=0.3)
+    except requests.exceptions.ConnectionError:
+        assert way.startswith("drop")
+    except requests.exceptions.ReadTimeout:
+        assert way == "read-timeout"
+    else:
+        assert (way, response.status_code) == ("502-after", 502)
+    acted = way != "drop-before"
+    assert sim.campaign_info("cd-x")["runs"] == int(acted)
+    assert sim.status_of("cd-x") == (start_status if acted else "Ready")
+    dropped = sim.requests[-1]
+    assert dropped.operation == "start_campaign"
+    if way.startswith("drop"):
+        assert dropped.status_code == DROPPED
+        assert dropped.body == ("" if way == "drop-before" else "{}")
+    # The connection is gone, not the simulator: the next request is served.
+    assert Api(sim).status("cd-x").status_code == 200
+
+
+def test_drop_fault_arguments_and_delay(kore_simulator: KoreSimulator) -> None:
+    sim = kore_simulator
+    for bad in (
+        {"drop": "during"},
+        {"drop": "after", "status": 502},
+        {"drop": "after", "body": {}},
+        {"drop": "before", "apply_operation": True},
+        {"drop": "before", "delay": 1},
+    ):
+        with pytest.raises(ValueError):
+            sim.inject_fault("start_campaign", **bad)
+    assert sim.inject_fault("start_campaign", drop="after").apply_operation is True
+    sim.clear_faults()
+    sim.inject_fault("get_campaign", drop="after", delay=0.3)
+    started = time.monotonic()
+    with pytest.raises(requests.exceptions.ConnectionError):
+        Api(sim).get()
+    assert time.monotonic() - started >= 0.3
+
+
+def test_outage_answers_everything_503_until_cleared(api: Api) -> None:
+    sim = api.sim
+    sim.set_rate_limit(2, 30)
+    sim.set_outage(True, retry_after=5)
+    assert sim.outage
+    for response in (
+        api.status(),
+        api.start(),
+        pipe(api, "list", {"type": "sms"}),
+        requests.get(sim.url + "/nowhere", timeout=5),
+    ):
+        assert kore_error(response) == (503, "Service temporarily unavailable")
+        assert response.headers["Retry-After"] == "5"
+    sim.clear_faults()
+    assert api.get().status_code == 503
+    assert sim.status_of(SMS) == "Ready"
+    sim.set_outage(False)
+    assert not sim.outage
+    # Refused requests did not use the rate-limit window.
+    assert api.status().status_code == 200
+    assert api.status().status_code == 200
+    assert api.status().status_code == 429
+    assert sim.count(status_code=503) == 5
+    with pytest.raises(ValueError):
+        sim.set_outage(True, status=42)
+
+
+def test_unknown_stream_says_so(api: Api) -> None:
+    status, msg = kore_error(api.status(stream="st-someone-else"))
+    assert status == 404
+    assert msg.startswith("Stream not found")
+    assert "st-someone-else" in msg
+    assert kore_error(api.status("cd-nope")) == (404, "Campaign not found")
+
+
+def test_cli_parser_names_and_outcomes() -> None:
+    args = build_parser().parse_args(["--campaign", "cd-1:voice:Ready:Nightly: calls", "--outcomes", "cd-1:1000"])
+    assert args.campaign == [
+        {"campaign_id": "cd-1", "campaign_type": "voice", "status": "Ready", "name": "Nightly: calls"}
+    ]
+    assert args.outcomes == [("cd-1", 1000)]
+    for bad in (["--outcomes", "cd-1"], ["--outcomes", "cd-1:many"], ["--outcomes", ":3"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(bad)
+    assert main(["--port", "0", "--outcomes", "cd-nope:3"]) == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from airflow_provider_kore.testing.simulator import (
     DEFAULT_CAMPAIGNS,
+    DROPPED,
     OPERATIONS,
     RATE_LIMIT_MESSAGE,
     Fault,
@@ -20,6 +21,7 @@ from airflow_provider_kore.testing.simulator import (
 
 __all__ = [
     "DEFAULT_CAMPAIGNS",
+    "DROPPED",
     "OPERATIONS",
     "RATE_LIMIT_MESSAGE",
     "Fault",

@@ -2,10 +2,11 @@
 
 Example::
 
-    kore-simulator --port 8765 --campaign cd-sms-welcome-0001:sms --campaign cd-voice-1:voice:Ready
+    kore-simulator --port 8765 --campaign cd-sms-welcome-0001:sms --campaign "cd-voice-1:voice:Ready:Renewals"
 
-prints the URL and the ``AIRFLOW_CONN_KORE_DEFAULT`` value to export, then one line per request
-(method, path, status code - never the ``auth`` header) until Ctrl-C or SIGTERM.
+prints the URL and the ``AIRFLOW_CONN_KORE_DEFAULT`` value to export (JSON and URI forms), then
+one line per request (method, path, status code - never the ``auth`` header) until Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from airflow_provider_kore.testing.simulator import CAMPAIGN_TYPES, DEFAULT_CLIE
 
 
 def _campaign(value: str) -> dict[str, Any]:
-    """``ID[:sms|voice[:Status]]`` -> keywords for :meth:`KoreSimulator.add_campaign`."""
-    parts = value.split(":")
-    if len(parts) > 3 or not parts[0]:
-        raise argparse.ArgumentTypeError(f"expected ID[:sms|voice[:Status]], got {value!r}")
+    """``ID[:sms|voice[:Status[:Name]]]`` -> keywords for :meth:`KoreSimulator.add_campaign`."""
+    parts = value.split(":", 3)
+    if not parts[0]:
+        raise argparse.ArgumentTypeError(f"expected ID[:sms|voice[:Status[:Name]]], got {value!r}")
     spec: dict[str, Any] = {"campaign_id": parts[0]}
     if len(parts) > 1 and parts[1]:
         if parts[1].lower() not in CAMPAIGN_TYPES:
@@ -33,7 +34,17 @@ def _campaign(value: str) -> dict[str, Any]:
         spec["campaign_type"] = parts[1].lower()
     if len(parts) > 2 and parts[2]:
         spec["status"] = parts[2]
+    if len(parts) > 3 and parts[3]:
+        spec["name"] = parts[3]
     return spec
+
+
+def _outcomes(value: str) -> tuple[str, int]:
+    """``CAMPAIGN_ID:COUNT`` -> ``(campaign_id, count)``."""
+    campaign_id, _, count = value.rpartition(":")
+    if not campaign_id or not count.isdigit():
+        raise argparse.ArgumentTypeError(f"expected CAMPAIGN_ID:COUNT such as cd-voice-1:1000, got {value!r}")
+    return campaign_id, int(count)
 
 
 def _optional_int(value: str) -> int | None:
@@ -84,8 +95,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--campaign",
         action="append",
         type=_campaign,
-        metavar="ID[:sms|voice[:Status]]",
+        metavar="ID[:sms|voice[:Status[:Name]]]",
         help="Seed a campaign (repeatable). Without any, three Ready demo campaigns are seeded.",
+    )
+    parser.add_argument(
+        "--outcomes",
+        action="append",
+        type=_outcomes,
+        default=[],
+        metavar="CAMPAIGN_ID:COUNT",
+        help="Serve COUNT generated contact outcomes for a campaign (status?view=contacts; repeatable).",
     )
     parser.add_argument(
         "--complete-after-polls",
@@ -131,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate_limit=args.rate_limit,
         on_request=_print_request,
     )
+    for campaign_id, count in args.outcomes:
+        try:
+            simulator.set_contact_outcomes(campaign_id, count)
+        except KeyError:
+            print(f"kore-simulator: --outcomes names an unknown campaign {campaign_id!r}", file=sys.stderr)
+            return 2
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: object) -> None:
@@ -145,8 +170,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         print(f"Kore.ai simulator listening on {simulator.url}", flush=True)
         print(f"Campaigns: {', '.join(simulator.campaign_ids) or '(none)'}", flush=True)
-        print("Point Airflow at it with:", flush=True)
+        print("Point Airflow at it with (JSON form):", flush=True)
         print(f"export AIRFLOW_CONN_KORE_DEFAULT={shlex.quote(simulator.airflow_conn_json())}", flush=True)
+        print("or (URI form; the /http path keeps it plain HTTP, without it the host means https):", flush=True)
+        print(f"export AIRFLOW_CONN_KORE_DEFAULT={shlex.quote(simulator.airflow_conn_uri())}", flush=True)
         while not stop.wait(0.2):
             pass
         print("Stopping the Kore.ai simulator", flush=True)

@@ -1,13 +1,16 @@
 """A local stand-in for Kore.ai's campaign API, for tests, demos and benchmarks.
 
 :class:`KoreSimulator` is a standard-library HTTP/1.1 server (keep-alive, one daemon thread per
-connection) bound to ``127.0.0.1`` only. It answers the four documented campaign operations
-with the documented shapes and validates each request the way the real platform does: the
-``auth`` JWT (HS256 or HS512, signed with the client secret, ``appId`` = client id), the
-``iid`` and ``accountId`` headers, the documented query strings and the JSON body. Campaigns
-move Ready -> Active -> Completed (after a number of status reads or seconds) or Stopped.
+connection) bound to ``127.0.0.1`` only. It answers the documented campaign operations (the
+four seed calls and the four pipeline calls) with the documented shapes and validates each
+request the way the real platform does: the ``auth`` JWT (HS256 or HS512, signed with the
+client secret, ``appId`` = client id), the ``iid`` and ``accountId`` headers, the documented
+query strings and the JSON body. Campaigns move Ready -> Active (or a campaign's
+``start_status``) -> Completed (after a number of status reads or seconds) or Stopped; runs move
+``campaignInstanceUpdatedAt``, not ``updatedAt`` (the definition's last update).
 
-Faults (error statuses, ``Retry-After``, late answers, non-JSON bodies, rejected tokens) and a
+Faults (error statuses, ``Retry-After``, late answers, non-JSON bodies, rejected tokens,
+connections dropped before or after acting), an outage (:meth:`KoreSimulator.set_outage`) and a
 rolling-window rate limit can be switched on from a test, and every request is recorded::
 
     with KoreSimulator(complete_after_polls=2) as sim:
@@ -17,16 +20,23 @@ rolling-window rate limit can be switched on from a test, and every request is r
         assert sim.status_of("cd-sms-welcome-0001") == "Completed"
         assert sim.count("start_campaign", status_code=200) == 1
 
-Routes (``{streamId}`` must be the simulator's ``stream_id``):
+Routes (``{streamId}`` and ``{iid}`` must be the simulator's ``stream_id``):
 
 =====================  ======  ==============================================================
 operation              method  path
 =====================  ======  ==============================================================
 get_campaign_status    POST    ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}/status``
+get_campaign_contacts  POST    the same path with ``view=contacts`` (paged contact outcomes)
 get_campaign           GET     ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}``
 start_campaign         POST    ``/campaign/api/v2/public/{streamId}/campaign/{campaignId}``
 stop_campaign          POST    ``/api/v2/public/{streamId}/campaign/trigger/{campaignId}``
+list_campaigns         POST    ``/campaign/api/v2/public/{streamId}/campaign/getAllCampaignDetails``
+create_contact_list    POST    ``/campaign/api/v2/public/{streamId}/campaign/contactList/createContactList``
+add_contacts           POST    ``/api/1.1/public/{iid}/campaign/contactList/addContacts``
 =====================  ======  ==============================================================
+
+The pipeline calls' state (contact lists, contacts, outcomes) is in
+:mod:`airflow_provider_kore.testing.pipeline`.
 """
 
 from __future__ import annotations
@@ -43,7 +53,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from socketserver import TCPServer
 from typing import Any
@@ -52,8 +61,18 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
+from airflow_provider_kore.testing.pipeline import (
+    PIPELINE_OPERATIONS,
+    PipelineSeeding,
+    PipelineState,
+    Refusal,
+    describe,
+)
+from airflow_provider_kore.testing.pipeline import iso_now as _iso_now
+
 __all__ = [
     "DEFAULT_CAMPAIGNS",
+    "DROPPED",
     "OPERATIONS",
     "RATE_LIMIT_MESSAGE",
     "Fault",
@@ -65,7 +84,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: The operations the simulator serves, named as in the provider's ``api.ENDPOINTS``.
-OPERATIONS = ("get_campaign_status", "get_campaign", "start_campaign", "stop_campaign")
+OPERATIONS = ("get_campaign_status", "get_campaign", "start_campaign", "stop_campaign", *PIPELINE_OPERATIONS)
 #: Kore.ai's text for an HTTP 429 (sent without a ``Retry-After`` header, as Kore does).
 RATE_LIMIT_MESSAGE = "Rate limit for this API has been reached. Please try again later"
 #: The only address the simulator listens on.
@@ -91,6 +110,18 @@ _MAX_BODY = 1024 * 1024
 _TOKEN_CACHE_MAX = 10_000
 _CAMPAIGN_PATH = re.compile(r"^/campaign/api/v2/public/([^/]+)/campaign/([^/]+?)(/status)?$")
 _STOP_PATH = re.compile(r"^/api/v2/public/([^/]+)/campaign/trigger/([^/]+)$")
+_LIST_PATH = re.compile(r"^/campaign/api/v2/public/([^/]+)/campaign/getAllCampaignDetails$")
+_CREATE_LIST_PATH = re.compile(r"^/campaign/api/v2/public/([^/]+)/campaign/contactList/createContactList$")
+#: The older ``api/1.1`` path, with the application id (``iid``) where the others have the stream.
+_ADD_CONTACTS_PATH = re.compile(r"^/api/1\.1/public/([^/]+)/campaign/contactList/addContacts$")
+#: Operations whose path carries no campaign id.
+_NO_CAMPAIGN = frozenset({"list_campaigns", "create_contact_list", "add_contacts"})
+#: Operations that need the ``accountId`` query (the documented templates carry it).
+_ACCOUNT_QUERY = frozenset(
+    {"get_campaign_status", "get_campaign", "stop_campaign", "list_campaigns", "create_contact_list"}
+)
+#: ``RequestRecord.status_code`` of a request whose connection was dropped without an answer.
+DROPPED = 0
 _FAULT_MESSAGES = {
     400: "Bad request",
     401: "Invalid or expired token",
@@ -135,11 +166,6 @@ class _Default(enum.Enum):
 DEFAULT = _Default.TOKEN
 
 
-def _iso_now() -> str:
-    """Now as ISO 8601 with milliseconds and a ``Z``, as Kore writes ``updatedAt``."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 # ---------------------------------------------------------------------------------------------
 # Public records.
 
@@ -163,7 +189,7 @@ class RequestRecord:
     operation: str | None
     #: The campaign id from the path, or None when the path carries none.
     campaign_id: str | None
-    #: The HTTP status the simulator answered.
+    #: The HTTP status the simulator answered; :data:`DROPPED` (0) if it closed the connection instead.
     status_code: int
 
     def __repr__(self) -> str:
@@ -219,6 +245,9 @@ class Fault:
     times: int | None = 1
     #: Also carry the operation out although the answer is replaced.
     apply_operation: bool = False
+    #: ``"before"``: close the connection before reading the request's body (nothing done);
+    #: ``"after"``: carry the operation out, then close the connection without an answer.
+    drop: str | None = None
 
     @property
     def replaces_answer(self) -> bool:
@@ -233,6 +262,7 @@ class _Campaign:
     campaign_type: str
     status: str
     created_at: str
+    #: The definition's last update (Kore's pages); runs move it only with ``updated_at_on_run``.
     updated_at: str
     complete_after_polls: int | _Default | None = DEFAULT
     complete_after_seconds: float | _Default | None = DEFAULT
@@ -240,6 +270,15 @@ class _Campaign:
     started: float | None = None
     instance_id: str | None = None
     runs: int = 0
+    #: The status a start leaves the campaign in.
+    start_status: str = "Active"
+    updated_at_on_run: bool | _Default = DEFAULT
+    #: ``campaignInstanceUpdatedAt``: the last execution update (start, completion, stop).
+    instance_updated_at: str | None = None
+    description: str | None = None
+    priority: str = "5"
+    dialing_mode: str = "Agentless"
+    contact_lists: list[str] = field(default_factory=lambda: ["Simulator contacts"])
 
 
 @dataclass
@@ -249,6 +288,8 @@ class _Answer:
     content_type: str = "application/json; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
     delay: float | None = None
+    #: Close the connection without answering.
+    drop: bool = False
 
 
 def _json_answer(status: int, payload: Any) -> _Answer:
@@ -384,6 +425,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, method: str) -> None:
         arrived = time.monotonic()
         sim = self.simulator
+        split = urlsplit(self.path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        dropped = sim._take_drop_before(method, split.path, query)
+        if dropped is not None:
+            # Kore never read the request: close at once, body unread, nothing done.
+            self.close_connection = True
+            sim._record(RequestRecord(arrived, method, split.path, query, headers, "", *dropped, DROPPED))
+            return
         raw = self._read_body()
         if raw is None:
             self.close_connection = True
@@ -392,9 +442,6 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             body_text = raw.decode("utf-8", "replace")
             answer = None
-        split = urlsplit(self.path)
-        query = dict(parse_qsl(split.query, keep_blank_values=True))
-        headers = {k.lower(): v for k, v in self.headers.items()}
         try:
             answer, operation, campaign_id = sim._process(method, split.path, query, headers, body_text, answer)
         except Exception:
@@ -409,11 +456,14 @@ class _Handler(BaseHTTPRequestHandler):
             body=body_text,
             operation=operation,
             campaign_id=campaign_id,
-            status_code=answer.status,
+            status_code=DROPPED if answer.drop else answer.status,
         )
         sim._record(record)
         if answer.delay:
             sim._stopping.wait(answer.delay)
+        if answer.drop:
+            self.close_connection = True  # the operation was carried out; the answer is lost
+            return
         try:
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
@@ -433,7 +483,7 @@ class _Handler(BaseHTTPRequestHandler):
 # The simulator.
 
 
-class KoreSimulator:
+class KoreSimulator(PipelineSeeding):
     """A local Kore.ai campaign API on ``http://127.0.0.1:PORT``.
 
     :param client_id: the JWT app's client id; tokens must carry it as ``appId``.
@@ -452,6 +502,11 @@ class KoreSimulator:
         rolling ``window_seconds``; more are answered 429 (Kore's message, no ``Retry-After``).
     :param host: must be ``127.0.0.1``; anything else is refused.
     :param on_request: called with each :class:`RequestRecord` once it is answered.
+    :param updated_at_on_run: whether starts, completions and stops move a campaign's
+        ``updatedAt``. Default False: Kore's pages describe ``updatedAt`` as the definition's
+        last update; runs move ``campaignInstanceUpdatedAt`` (in the list answer) instead.
+    :param keep_contacts: keep every contact added to a list (see :meth:`contact_list`); False
+        keeps only counts and the phone numbers duplicates are checked against.
 
     Use it as a context manager, or call :meth:`start` and :meth:`stop`.
     """
@@ -470,6 +525,8 @@ class KoreSimulator:
         rate_limit: tuple[int, float] | None = None,
         host: str = LOOPBACK,
         on_request: Callable[[RequestRecord], None] | None = None,
+        updated_at_on_run: bool = False,
+        keep_contacts: bool = True,
     ) -> None:
         if host != LOOPBACK:
             raise ValueError(f"the Kore simulator only listens on {LOOPBACK}; refusing host {host!r}")
@@ -483,12 +540,16 @@ class KoreSimulator:
         self.complete_after_polls = complete_after_polls
         #: Default for campaigns added without their own ``complete_after_seconds``.
         self.complete_after_seconds = complete_after_seconds
+        #: Default for campaigns added without their own ``updated_at_on_run``.
+        self.updated_at_on_run = updated_at_on_run
         self.on_request = on_request
         self.host = host
         self._requested_port = int(port)
         self._lock = threading.Lock()
         self._campaigns: dict[str, _Campaign] = {}
         self._faults: list[Fault] = []
+        self._pipeline = PipelineState(keep_contacts=keep_contacts)
+        self._outage: tuple[int, str | None] | None = None
         self._rate_limit: tuple[int, float] | None = None
         self._admitted: deque[float] = deque()
         self._token_cache: dict[str, float | None] = {}
@@ -612,19 +673,36 @@ class KoreSimulator:
         status: str = "Ready",
         complete_after_polls: int | _Default | None = DEFAULT,
         complete_after_seconds: float | _Default | None = DEFAULT,
+        start_status: str = "Active",
+        updated_at_on_run: bool | _Default = DEFAULT,
+        description: str | None = None,
+        priority: int | str = 5,
+        dialing_mode: str = "Agentless",
+        contact_lists: Iterable[str] = ("Simulator contacts",),
+        created_at: str | None = None,
     ) -> None:
         """Add (or replace) a campaign.
 
         ``complete_after_polls`` / ``complete_after_seconds`` default to the simulator's
         settings at the time of each check; pass None to disable either for this campaign.
+        ``name`` need not be unique (Kore's are not). ``start_status`` is the status a start
+        leaves the campaign in: ``"Active"`` (then completed as configured), or e.g.
+        ``"Completed"`` (a small campaign done at once; the start still answers ``Active``),
+        ``"Scheduled"``, ``"Paused"``, ``"Preparing"`` or any other string (answered as is).
+        ``updated_at_on_run`` overrides the simulator's setting for this campaign.
+        ``contact_lists`` names the lists the campaign dials (its outcomes come from their
+        contacts unless seeded); ``created_at`` (ISO 8601) is for ``startDate``/``endDate`` tests.
         """
         if not isinstance(campaign_id, str) or not campaign_id or "/" in campaign_id:
             raise ValueError(f"campaign_id must be a non-empty string without '/'; got {campaign_id!r}")
         if campaign_type not in CAMPAIGN_TYPES:
             raise ValueError(f"campaign_type must be 'sms' or 'voice'; got {campaign_type!r}")
-        if not isinstance(status, str) or not status:
-            raise ValueError(f"status must be a non-empty string; got {status!r}")
-        now = _iso_now()
+        for label, value in (("status", status), ("start_status", start_status)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{label} must be a non-empty string; got {value!r}")
+        if isinstance(contact_lists, str):
+            raise TypeError("contact_lists must be a list of list names, not one string")
+        now = created_at or _iso_now()
         campaign = _Campaign(
             campaign_id=campaign_id,
             name=name or f"Simulated {campaign_type.upper()} Campaign {campaign_id}",
@@ -634,6 +712,13 @@ class KoreSimulator:
             updated_at=now,
             complete_after_polls=complete_after_polls,
             complete_after_seconds=complete_after_seconds,
+            start_status=start_status,
+            updated_at_on_run=updated_at_on_run,
+            instance_updated_at=None if status == "Ready" else now,
+            description=description,
+            priority=str(priority),
+            dialing_mode=dialing_mode,
+            contact_lists=list(contact_lists),
         )
         if status == "Active":
             self._begin_run(campaign)
@@ -650,7 +735,7 @@ class KoreSimulator:
         with self._lock:
             campaign = self._get(campaign_id)
             campaign.status = status
-            campaign.updated_at = _iso_now()
+            self._touch(campaign)
             if status == "Active":
                 self._begin_run(campaign)
 
@@ -665,7 +750,8 @@ class KoreSimulator:
         """A snapshot of a campaign's simulated state.
 
         Keys: ``campaign_id``, ``name``, ``campaign_type``, ``status``, ``polls`` (status reads
-        in the current run), ``runs`` (starts so far), ``campaign_instance_id``, ``updated_at``.
+        in the current run), ``runs`` (starts so far), ``campaign_instance_id``, ``updated_at``,
+        ``instance_updated_at`` (``campaignInstanceUpdatedAt``), ``start_status``.
         """
         with self._lock:
             c = self._get(campaign_id)
@@ -679,6 +765,8 @@ class KoreSimulator:
                 "runs": c.runs,
                 "campaign_instance_id": c.instance_id,
                 "updated_at": c.updated_at,
+                "instance_updated_at": c.instance_updated_at,
+                "start_status": c.start_status,
             }
 
     @property
@@ -717,7 +805,16 @@ class KoreSimulator:
             due = time.monotonic() - campaign.started >= seconds
         if due:
             campaign.status = "Completed"
-            campaign.updated_at = _iso_now()
+            self._touch(campaign)
+
+    def _touch(self, campaign: _Campaign) -> str:
+        """Record an execution update now; returns the timestamp. Caller holds the lock."""
+        now = _iso_now()
+        campaign.instance_updated_at = now
+        on_run = campaign.updated_at_on_run
+        if on_run is True or (isinstance(on_run, _Default) and self.updated_at_on_run):
+            campaign.updated_at = now
+        return now
 
     # -- faults and rate limit ------------------------------------------------------------------
 
@@ -732,6 +829,7 @@ class KoreSimulator:
         delay: float | None = None,
         times: int | None = 1,
         apply_operation: bool = False,
+        drop: str | None = None,
     ) -> Fault:
         """Script a misbehaviour for the next ``times`` requests of ``operation`` (or ``"*"``).
 
@@ -749,6 +847,12 @@ class KoreSimulator:
           :meth:`clear_faults`.
         * ``apply_operation=True``: carry the operation out even though the answer is
           replaced (a 502 after a campaign really started, say).
+        * ``drop="after"``: carry the operation out, then close the connection without an
+          answer (after ``delay``, if given). ``drop="before"``: close the connection before
+          reading the request's body; nothing is done. Logged with status code :data:`DROPPED`.
+
+        A read timeout after Kore acted is ``delay=`` longer than the client's timeout (the
+        operation happens at once); a lost answer is ``status=502, apply_operation=True``.
 
         Faults are consumed in the order they were injected. Returns the :class:`Fault`.
         """
@@ -758,6 +862,15 @@ class KoreSimulator:
             raise ValueError(f"times must be at least 1 (or None for always); got {times!r}")
         if delay is not None and delay < 0:
             raise ValueError(f"delay must not be negative; got {delay!r}")
+        if drop is not None:
+            if drop not in ("before", "after"):
+                raise ValueError(f"drop must be 'before' or 'after'; got {drop!r}")
+            if not isinstance(status, _Default) or body is not None or non_json:
+                raise ValueError("a dropped connection has no answer: drop= takes no status, body or non_json")
+            if drop == "before" and (apply_operation or delay is not None):
+                raise ValueError("drop='before' never reads the request: no apply_operation or delay")
+            status = None
+            delay = delay if delay is not None else 0.0
         resolved: int | None
         if isinstance(status, _Default):
             if non_json:
@@ -782,11 +895,28 @@ class KoreSimulator:
             non_json=non_json,
             delay=delay,
             times=times,
-            apply_operation=apply_operation,
+            apply_operation=apply_operation or drop == "after",
+            drop=drop,
         )
         with self._lock:
             self._faults.append(fault)
         return fault
+
+    def set_outage(self, down: bool = True, *, status: int = 503, retry_after: float | str | None = None) -> None:
+        """Answer every request ``status`` (Kore's error body) until ``set_outage(False)``.
+
+        Unlike a ``"*"`` fault, an outage answers any path (known or not) before the rate limit
+        (refused requests do not use the window), and :meth:`clear_faults` leaves it on.
+        """
+        if not 100 <= status <= 599:
+            raise ValueError(f"status must be an HTTP status code; got {status!r}")
+        with self._lock:
+            self._outage = (status, None if retry_after is None else str(retry_after)) if down else None
+
+    @property
+    def outage(self) -> bool:
+        """True while :meth:`set_outage` is on."""
+        return self._outage is not None
 
     def clear_faults(self) -> None:
         """Forget every fault not yet consumed."""
@@ -914,13 +1044,27 @@ class KoreSimulator:
     # -- request processing ---------------------------------------------------------------------
 
     @staticmethod
-    def _route(method: str, path: str) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
-        """``(operation, stream_id, campaign_id, allowed_methods)``; allowed is empty if unknown."""
+    def _route(
+        method: str, path: str, query: Mapping[str, str]
+    ) -> tuple[str | None, str | None, str | None, tuple[str, ...]]:
+        """``(operation, stream_id, campaign_id, allowed_methods)``; allowed is empty if unknown.
+
+        For ``add_contacts`` the "stream" is the path's application id (``iid``).
+        """
+        for pattern, name in (
+            (_LIST_PATH, "list_campaigns"),
+            (_CREATE_LIST_PATH, "create_contact_list"),
+            (_ADD_CONTACTS_PATH, "add_contacts"),
+        ):
+            match = pattern.match(path)
+            if match:
+                return (name if method == "POST" else None), unquote(match.group(1)), None, ("POST",)
         match = _CAMPAIGN_PATH.match(path)
         if match:
             stream, campaign = unquote(match.group(1)), unquote(match.group(2))
             if match.group(3):
-                return ("get_campaign_status" if method == "POST" else None), stream, campaign, ("POST",)
+                status_op = "get_campaign_contacts" if query.get("view") == "contacts" else "get_campaign_status"
+                return (status_op if method == "POST" else None), stream, campaign, ("POST",)
             operation = {"GET": "get_campaign", "POST": "start_campaign"}.get(method)
             return operation, stream, campaign, ("GET", "POST")
         match = _STOP_PATH.match(path)
@@ -942,16 +1086,36 @@ class KoreSimulator:
         self._admitted.append(now)
         return True
 
-    def _take_fault(self, operation: str) -> Fault | None:
-        """Consume the first fault for ``operation``. Caller holds the lock."""
+    def _take_fault(self, operation: str, *, drop_before: bool = False) -> Fault | None:
+        """Consume the first fault for ``operation`` (only if it drops before reading, if asked).
+
+        Caller holds the lock.
+        """
         for index, fault in enumerate(self._faults):
             if fault.operation in ("*", operation):
+                if drop_before and fault.drop != "before":
+                    return None
                 if fault.times is not None:
                     fault.times -= 1
                     if fault.times <= 0:
                         del self._faults[index]
                 return fault
         return None
+
+    def _take_drop_before(self, method: str, path: str, query: Mapping[str, str]) -> tuple[str, str | None] | None:
+        """``(operation, campaign_id)`` if this request's next fault drops it unread, else None.
+
+        Such a request is not counted by the rate limit (Kore never read it).
+        """
+        if not self._faults:  # the common case, without routing twice or taking the lock
+            return None
+        operation, _, campaign_id, _ = self._route(method, path, query)
+        if operation is None:
+            return None
+        with self._lock:
+            if self._outage is not None or self._take_fault(operation, drop_before=True) is None:
+                return None
+        return operation, campaign_id
 
     def _process(
         self,
@@ -963,10 +1127,17 @@ class KoreSimulator:
         preset: _Answer | None,
     ) -> tuple[_Answer, str | None, str | None]:
         """Answer one request: ``(answer, operation, campaign_id)``."""
-        operation, stream, campaign_id, allowed = self._route(method, path)
+        operation, stream, campaign_id, allowed = self._route(method, path, query)
         with self._lock:
-            admitted = self._admit()
-            fault = self._take_fault(operation) if admitted and operation is not None and preset is None else None
+            outage = self._outage
+            admitted = outage is not None or self._admit()
+            take = admitted and outage is None and operation is not None and preset is None
+            fault = self._take_fault(operation) if take and operation is not None else None
+        if outage is not None:
+            answer = _error(outage[0], _FAULT_MESSAGES.get(outage[0], "Service unavailable"))
+            if outage[1] is not None:
+                answer.headers["Retry-After"] = outage[1]
+            return answer, operation, campaign_id
         if not admitted:
             return _error(429, RATE_LIMIT_MESSAGE), operation, campaign_id
         if preset is not None:
@@ -978,11 +1149,10 @@ class KoreSimulator:
                 return answer, None, campaign_id
             return _error(404, "Route not found"), None, None
         assert stream is not None
-        assert campaign_id is not None
-        if fault is not None and fault.replaces_answer:
+        if fault is not None and (fault.replaces_answer or fault.drop):
             if fault.apply_operation:
                 self._operate(operation, stream, campaign_id, query, headers, body)
-            answer = self._fault_answer(fault)
+            answer = _Answer(DROPPED, b"", drop=True) if fault.drop else self._fault_answer(fault)
         else:
             answer = self._operate(operation, stream, campaign_id, query, headers, body)
         if fault is not None:
@@ -1045,7 +1215,7 @@ class KoreSimulator:
         self,
         operation: str,
         stream: str,
-        campaign_id: str,
+        campaign_id: str | None,
         query: dict[str, str],
         headers: dict[str, str],
         body: str,
@@ -1066,10 +1236,10 @@ class KoreSimulator:
         if "accountId" in query and query["accountId"] != self.account_id:
             return _error(403, "accountId query parameter does not match the app's account")
 
-        if operation in ("get_campaign_status", "get_campaign", "stop_campaign") and not query.get("accountId"):
+        if operation in _ACCOUNT_QUERY and not query.get("accountId"):
             return _error(400, "accountId query parameter is required")
         if operation == "get_campaign_status" and "view" in query and query["view"] != "status":
-            return _error(400, "view must be 'status'")
+            return _error(400, "view must be 'status' (or 'contacts' for the contact outcomes)")
         campaign_type: str | None = None
         if operation in ("start_campaign", "stop_campaign"):
             campaign_type = query.get("campaignType")
@@ -1083,6 +1253,7 @@ class KoreSimulator:
                 return _error(400, "trigger query parameter is required")
             if trigger != expected_trigger:
                 return _error(400, f"trigger must be '{expected_trigger}' on this route")
+        payload: Any = None
         if operation != "get_campaign":
             try:
                 payload = json.loads(body)
@@ -1092,59 +1263,80 @@ class KoreSimulator:
                 return _error(400, "Request body must be a JSON object")
 
         if stream != self.stream_id:
-            return _error(404, "Stream not found")
-        with self._lock:
-            campaign = self._campaigns.get(campaign_id)
-            if campaign is None:
-                return _error(404, "Campaign not found")
-            if campaign_type is not None and campaign_type != campaign.campaign_type:
-                return _error(
-                    400, f"campaignType {campaign_type} does not match the campaign's type {campaign.campaign_type}"
-                )
-            if operation == "get_campaign_status":
-                self._advance(campaign, poll=True)
-                return _json_answer(
-                    200,
-                    {
-                        "status": "success",
-                        "data": {"id": campaign.campaign_id, "status": campaign.status, "name": campaign.name},
-                    },
-                )
-            self._advance(campaign, poll=False)
-            if operation == "get_campaign":
-                return _json_answer(
-                    200,
-                    {
-                        "status": "success",
-                        "message": f"Campaign {campaign.name} retrieved successfully",
-                        "data": self._campaign_document(campaign),
-                    },
-                )
-            if operation == "start_campaign":
-                if campaign.status == "Active":
-                    return _error(400, "Campaign is already active")
-                self._begin_run(campaign)
-                campaign.status = "Active"
-                campaign.updated_at = _iso_now()
-                return _json_answer(
-                    200, {"status": "Active", "message": "Campaign Started", "updatedAt": campaign.updated_at}
-                )
-            # stop_campaign
-            if campaign.status not in STOPPABLE_STATUSES:
-                return _error(400, "Campaign is not active")
-            campaign.status = "Stopped"
-            campaign.updated_at = _iso_now()
-            if campaign.instance_id is None:
-                campaign.instance_id = f"cid-{uuid.uuid4()}"
+            return _error(404, f"Stream not found: no bot with id {stream}")
+        try:
+            with self._lock:
+                if campaign_id is None:
+                    return self._operate_on_lists(operation, payload)
+                campaign = self._campaigns.get(campaign_id)
+                if campaign is None:
+                    return _error(404, "Campaign not found")
+                if campaign_type is not None and campaign_type != campaign.campaign_type:
+                    return _error(
+                        400, f"campaignType {campaign_type} does not match the campaign's type {campaign.campaign_type}"
+                    )
+                return self._operate_on_campaign(operation, campaign, payload)
+        except Refusal as refusal:
+            return _error(refusal.status, refusal.msg)
+
+    def _operate_on_lists(self, operation: str, payload: dict[str, Any]) -> _Answer:
+        """The operations without a campaign in the path. Caller holds the lock."""
+        if operation == "list_campaigns":
+            for campaign in self._campaigns.values():
+                self._advance(campaign, poll=False)
+            return _json_answer(200, self._pipeline.list_campaigns(self._campaigns.values(), payload))
+        if operation == "create_contact_list":
+            return _json_answer(200, self._pipeline.create_contact_list(payload, _iso_now()))
+        return _json_answer(200, self._pipeline.add_contacts(payload))
+
+    def _operate_on_campaign(self, operation: str, campaign: _Campaign, payload: Any) -> _Answer:
+        """The operations on one campaign. Caller holds the lock."""
+        if operation == "get_campaign_status":
+            self._advance(campaign, poll=True)
             return _json_answer(
                 200,
                 {
-                    "status": "Stopped",
-                    "message": "Campaign Stopped",
-                    "updatedAt": campaign.updated_at,
-                    "campaignInstanceId": campaign.instance_id,
+                    "status": "success",
+                    "data": {"id": campaign.campaign_id, "status": campaign.status, "name": campaign.name},
                 },
             )
+        self._advance(campaign, poll=False)
+        if operation == "get_campaign_contacts":
+            return _json_answer(200, self._pipeline.campaign_contacts(campaign, payload))
+        if operation == "get_campaign":
+            return _json_answer(
+                200,
+                {
+                    "status": "success",
+                    "message": f"Campaign {campaign.name} retrieved successfully",
+                    "data": self._campaign_document(campaign),
+                },
+            )
+        if operation == "start_campaign":
+            if campaign.status == "Active":
+                return _error(400, "Campaign is already active")
+            self._begin_run(campaign)
+            campaign.status = campaign.start_status
+            now = self._touch(campaign)
+            # A campaign done at once was Active when Kore answered.
+            answered = "Active" if campaign.status == "Completed" else campaign.status
+            return _json_answer(200, {"status": answered, "message": "Campaign Started", "updatedAt": now})
+        # stop_campaign
+        if campaign.status not in STOPPABLE_STATUSES:
+            return _error(400, "Campaign is not active")
+        campaign.status = "Stopped"
+        now = self._touch(campaign)
+        if campaign.instance_id is None:
+            campaign.instance_id = f"cid-{uuid.uuid4()}"
+        return _json_answer(
+            200,
+            {
+                "status": "Stopped",
+                "message": "Campaign Stopped",
+                "updatedAt": now,
+                "campaignInstanceId": campaign.instance_id,
+            },
+        )
 
     @staticmethod
     def _campaign_document(c: _Campaign) -> dict[str, Any]:
@@ -1154,10 +1346,10 @@ class KoreSimulator:
             "_id": c.campaign_id,
             "name": c.name,
             "lname": c.name.lower(),
-            "description": f"Simulated {c.campaign_type.upper()} campaign served by the local Kore.ai simulator.",
+            "description": describe(c),
             "dncLists": {"id": "cl-sim-dnc-0001", "name": "Simulator DNC list"},
-            "priority": "5",
-            "dialingMode": "Agentless" if voice else "Basic",
+            "priority": c.priority,
+            "dialingMode": c.dialing_mode if voice else "Basic",
             "dialingStrategy": {
                 "callerId": {"phoneNumber": "+15550100000"},
                 "callingHours": {
@@ -1175,5 +1367,5 @@ class KoreSimulator:
             "createdAt": c.created_at,
             "updatedAt": c.updated_at,
             "schedule": {"isSchedulingEnabled": False, "isRecurrenceEnabled": False},
-            "contactLists": [{"id": "cl-sim-contacts-0001", "name": "Simulator contacts"}],
+            "contactLists": list(c.contact_lists),  # names, as the page documents
         }
