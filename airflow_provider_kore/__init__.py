@@ -80,7 +80,8 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-kore",
         "name": "Kore.ai",
-        "description": "Start, wait on and stop Kore.ai contact-center campaigns from Airflow DAGs.",
+        "description": "Start, wait on and stop Kore.ai contact-center campaigns, load their contacts and export "
+        "their outcomes from Airflow DAGs.",
         "versions": [__version__],
         "integrations": [
             {
@@ -90,7 +91,16 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "hooks": [{"integration-name": "Kore.ai", "python-modules": [f"{_PACKAGE}.hooks.kore"]}],
-        "operators": [{"integration-name": "Kore.ai", "python-modules": [f"{_PACKAGE}.operators.campaign"]}],
+        "operators": [
+            {
+                "integration-name": "Kore.ai",
+                "python-modules": [
+                    f"{_PACKAGE}.operators.campaign",
+                    f"{_PACKAGE}.operators.contacts",
+                    f"{_PACKAGE}.operators.results",
+                ],
+            }
+        ],
         "sensors": [{"integration-name": "Kore.ai", "python-modules": [f"{_PACKAGE}.sensors.campaign"]}],
         "triggers": [{"integration-name": "Kore.ai", "python-modules": [f"{_PACKAGE}.triggers.campaign"]}],
         "connection-types": [

@@ -43,7 +43,7 @@ from airflow.sdk import BaseOperator, BaseSensorOperator
 T = TypeVar("T")
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection
+    from airflow.sdk import Connection, ObjectStoragePath
 
 
 def conf_getboolean(section: str, key: str, fallback: bool) -> bool:
@@ -122,6 +122,26 @@ def trigger_supports_on_kill() -> bool:
     return hasattr(BaseTrigger, "on_kill")
 
 
+def object_storage_path(uri: str) -> ObjectStoragePath:
+    """``ObjectStoragePath(uri)``, also where Airflow 3.0 cannot parse the URI itself.
+
+    Airflow 3.0's ``ObjectStoragePath`` with universal_pathlib 0.3 refuses every ``scheme://`` URI
+    (``_IncompatibleProtocolError``, a ``TypeError``) but accepts the same path with ``protocol=``.
+    Imported here, when a task runs: fsspec and upath are too heavy for DAG parsing.
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        return ObjectStoragePath(uri)
+    except TypeError:
+        scheme, found, rest = uri.partition("://")
+        if not found:
+            raise
+        netloc, _, path = rest.partition("/")
+        conn_id, _, netloc = netloc.rpartition("@")
+        return ObjectStoragePath(f"{netloc}/{path}", protocol=scheme, conn_id=conn_id or None)
+
+
 __all__ = [
     "AirflowException",
     "AirflowFailException",
@@ -136,6 +156,7 @@ __all__ = [
     "default_deferrable",
     "get_connection",
     "mask_secret",
+    "object_storage_path",
     "run_sync",
     "trigger_supports_on_kill",
 ]

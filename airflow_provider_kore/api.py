@@ -12,6 +12,7 @@ What to do with each answer (retry, re-sign, pause, give up) is decided in
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -262,6 +263,56 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
             raise bad("no 'data' object")
         if call.operation == "get_campaign_status" and not isinstance(data.get("status"), str):
             raise bad("no data.status")
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Pipelines: Kore.ai's documented shapes, checked before any request is sent.
+
+#: The contact fields a contact list maps (createContactList's ``mapping``).
+CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
+#: The statuses getAllCampaignDetails filters on, as Kore spells them.
+LIST_STATUSES = ("Active", "Completed", "Ready", "Paused", "Preparing", "Stopped", "Scheduled", "Rescheduled")
+_PHONE = re.compile(r"\+?[0-9]{5,15}")
+_PHONE_SEPARATORS = re.compile(r"[\s().-]")
+
+
+def campaign_statuses(statuses: object) -> list[str] | None:
+    """Kore's spelling of each status (matched case-insensitively); None for no filter."""
+    if statuses is None:
+        return None
+    known = {status.lower(): status for status in LIST_STATUSES}
+    items = [statuses] if isinstance(statuses, str) else statuses
+    names = [known.get(str(item).strip().lower()) for item in items] if isinstance(items, (list, tuple, set)) else []
+    if not names or None in names:
+        raise KoreConfigurationError(f"statuses must be among {', '.join(LIST_STATUSES)}; got {statuses!r}")
+    return [name for name in names if name]
+
+
+def contact_payload(contact: object) -> dict[str, Any]:
+    """One contact for addContacts: ``phoneNumber`` (5-15 digits, optional +) and the mapped fields.
+
+    Separators (spaces, dots, dashes, brackets) are dropped from the number; blank fields are left out.
+    """
+    if not isinstance(contact, Mapping):
+        raise KoreConfigurationError(f"a contact must be a mapping of fields; got {type(contact).__name__}")
+    unknown = sorted(str(key) for key in contact if key not in CONTACT_FIELDS)
+    if unknown:
+        raise KoreConfigurationError(f"unknown contact fields {unknown}; Kore.ai maps {', '.join(CONTACT_FIELDS)}")
+    payload: dict[str, Any] = {}
+    for key, value in contact.items():
+        value = value.strip() if isinstance(value, str) else value
+        if value is None or value == "":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise KoreConfigurationError(f"contact field {key} must be text or a number; got {value!r}")
+        payload[key] = value
+    phone = _PHONE_SEPARATORS.sub("", str(payload.get("phoneNumber", "")))
+    if not _PHONE.fullmatch(phone):
+        raise KoreConfigurationError(
+            f"no usable phoneNumber ({contact.get('phoneNumber')!r}): 5 to 15 digits, optionally after a +"
+        )
+    payload["phoneNumber"] = phone
     return payload
 
 

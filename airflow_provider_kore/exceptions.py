@@ -9,9 +9,11 @@
     ├── KoreApiError                Kore answered with an error
     │   ├── KoreAuthError           401 / 403: wrong client id or secret, or missing scope
     │   ├── KoreNotFoundError       404: unknown campaign or stream
+    │   │   └── KoreCampaignNotFoundError  no campaign of the type has the name a task asked for
     │   ├── KoreRateLimitError      429: over Kore's rate limit, after retries
     │   ├── KoreServerError         5xx, after retries
     │   └── KoreBadResponseError    an answer that is not the documented JSON
+    ├── KoreCampaignAmbiguousError  several campaigns have that name
     ├── KoreCampaignStatusError     the campaign reached a status it must not (fails the task, no retry)
     └── KoreCampaignTimeoutError    a wait ran out of time (a sensor timeout: no retry, soft_fail skips)
 
@@ -176,10 +178,20 @@ class KoreCampaignTimeoutError(KoreError, AirflowSensorTimeout):
         self.status = status
 
 
+class KoreCampaignNotFoundError(KoreNotFoundError):
+    """No campaign of the type has the name a task asked for (names are matched exactly)."""
+
+
+class KoreCampaignAmbiguousError(KoreError):
+    """Several campaigns of the type share the name a task asked for: pass ``campaign_id`` instead."""
+
+
 __all__ = [
     "KoreApiError",
     "KoreAuthError",
     "KoreBadResponseError",
+    "KoreCampaignAmbiguousError",
+    "KoreCampaignNotFoundError",
     "KoreCampaignStatusError",
     "KoreCampaignTimeoutError",
     "KoreConfigurationError",

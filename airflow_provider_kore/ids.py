@@ -14,6 +14,9 @@ from airflow_provider_kore.exceptions import KoreConfigurationError
 DEFAULT_CONN_ID = "kore_default"
 CAMPAIGN_TYPES = ("sms", "voice")
 MAX_ID_LENGTH = 128
+#: Kore.ai's documented limits for a contact list (createContactList).
+MAX_LIST_NAME_LENGTH = 48
+MAX_LIST_DESCRIPTION_LENGTH = 256
 _BAD_ID_CHARS = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
 
 
@@ -43,4 +46,22 @@ def validate_campaign_type(value: object) -> str:
     raise KoreConfigurationError(f"campaign_type must be one of {', '.join(CAMPAIGN_TYPES)}; got {value!r}")
 
 
-__all__ = ["CAMPAIGN_TYPES", "DEFAULT_CONN_ID", "MAX_ID_LENGTH", "validate_campaign_type", "validate_id"]
+def validate_text(name: str, value: object, limit: int) -> str:
+    """A non-blank string of at most ``limit`` characters (a contact list's name or description)."""
+    if not isinstance(value, str) or not value.strip():
+        raise KoreConfigurationError(f"{name} must be a non-empty string; got {value!r}")
+    if len(value) > limit:
+        raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
+    return value
+
+
+__all__ = [
+    "CAMPAIGN_TYPES",
+    "DEFAULT_CONN_ID",
+    "MAX_ID_LENGTH",
+    "MAX_LIST_DESCRIPTION_LENGTH",
+    "MAX_LIST_NAME_LENGTH",
+    "validate_campaign_type",
+    "validate_id",
+    "validate_text",
+]

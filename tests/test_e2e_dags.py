@@ -47,7 +47,7 @@ import airflow
 import pytest
 
 from airflow_provider_kore.testing import KoreSimulator
-from airflow_provider_kore.testing.simulator import RequestRecord
+from airflow_provider_kore.testing.simulator import OPERATIONS, RequestRecord
 
 pytestmark = pytest.mark.e2e
 
@@ -128,6 +128,8 @@ class Scenario:
     setup: Callable[[KoreSimulator], None] = _no_setup
     #: Give the connection a wrong client secret (the simulator answers 401).
     wrong_secret: bool = False
+    #: Prepares the driver's AIRFLOW_HOME (input files) before the run.
+    prepare_home: Callable[[Path], None] | None = None
 
 
 @dataclass
@@ -218,6 +220,29 @@ def _start_refused_400(sim: KoreSimulator) -> None:
     sim.inject_fault("start_campaign", status=400, body=refusal, times=None)
 
 
+#: The simulator serves the pipeline calls (branch sim): the nightly example runs end to end.
+SIM_HAS_PIPELINE = "add_contacts" in OPERATIONS
+NIGHTLY_LIST = "Policy Renewal Nightly"
+NIGHTLY_CONTACTS = 7
+NIGHTLY_OUTCOMES = 250  # three pages of contact outcomes
+
+
+def _nightly_sim(sim: KoreSimulator) -> None:
+    sim.add_contact_list(NIGHTLY_LIST)  # the list the campaign dials exists in Kore
+    sim.set_contact_outcomes(VOICE, NIGHTLY_OUTCOMES)
+
+
+def _nightly_home(home: Path) -> None:
+    """Tonight's CSV for any ds the run may get (dag.test's logical date is now, in UTC)."""
+    from datetime import date, timedelta
+
+    rows = "".join(f"+1555000{i:04d},First{i},Last{i}\n" for i in range(NIGHTLY_CONTACTS))
+    for days in (-1, 0, 1):
+        folder = home / "kore" / "contacts" / (date.today() + timedelta(days=days)).isoformat()
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "tonight.csv").write_text("phoneNumber,firstName,lastName\n" + rows, encoding="utf-8")
+
+
 SYNC_SCENARIOS = [
     Scenario("pipeline-sync-faults", "kore_campaign_pipeline", False, _tolerable_faults_sync),
     Scenario("chained-sync", "kore_chained_campaigns", False),
@@ -233,6 +258,10 @@ DEFERRABLE_SCENARIOS = [
     Scenario("producer-deferred", "kore_campaign_assets_producer", True),
     Scenario("failfast-deferred", "kore_campaign_pipeline", True, _stop_after_first_status_read),
 ]
+if SIM_HAS_PIPELINE:
+    DEFERRABLE_SCENARIOS.append(
+        Scenario("nightly-deferred", "kore_nightly_outreach", True, _nightly_sim, prepare_home=_nightly_home)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,6 +406,8 @@ def _run_all(driver: Driver, scenarios: list[Scenario]) -> dict[str, Outcome]:
         sim.start()
         try:
             scenario.setup(sim)
+            if scenario.prepare_home is not None:
+                scenario.prepare_home(driver.home)
             conn = json.loads(sim.airflow_conn_json())
             wrong = f"wrong-secret-{secrets.token_hex(12)}" if scenario.wrong_secret else None
             if wrong is not None:
@@ -525,6 +556,33 @@ def test_pipeline_succeeds_through_tolerable_faults(runs: E2ERuns, name: str) ->
         assert len(outcome.records("get_campaign_status")) >= 3
     else:
         assert "running trigger in line" not in outcome.output
+
+
+@pytest.mark.skipif(not SIM_HAS_PIPELINE, reason="the simulator does not serve the pipeline calls yet (branch sim)")
+def test_nightly_outreach_loads_runs_by_name_and_exports(runs: E2ERuns) -> None:
+    """CSV -> contact list, the voice campaign started by name, waited on deferred, outcomes to a file, an Asset."""
+    outcome = runs["nightly-deferred"]
+    assert outcome.exit_code == 0, outcome.describe()
+    tasks = ("load_contacts", "start_renewal", "wait_for_renewal", "export_outcomes")
+    _assert_tasks(outcome, dict.fromkeys(tasks, "success"))
+    load = outcome.xcoms["load_contacts"]
+    assert (load["rows"], load["sent"], load["skipped"]) == (NIGHTLY_CONTACTS, NIGHTLY_CONTACTS, 0)
+    assert [c["phoneNumber"] for c in outcome.sim.contact_list(NIGHTLY_LIST)] == [
+        f"+1555000{i:04d}" for i in range(NIGHTLY_CONTACTS)
+    ]
+    ops = [r.operation for r in outcome.sim.requests]
+    assert ops.index("add_contacts") < ops.index("list_campaigns") < ops.index("start_campaign"), ops
+    assert outcome.xcoms["start_renewal"]["campaign_id"] == VOICE  # found by its name
+    assert outcome.records("start_campaign")[0].campaign_id == VOICE
+    assert "running trigger in line" in outcome.output
+    export = outcome.xcoms["export_outcomes"]
+    assert export["rows"] == NIGHTLY_OUTCOMES
+    assert len(outcome.records("get_campaign_contacts")) == 3
+    path = Path(export["path"].removeprefix("file://"))
+    assert path.is_relative_to(runs.homes[1] / "kore" / "results")
+    assert len(path.read_text(encoding="utf-8").splitlines()) == NIGHTLY_OUTCOMES + 1
+    assert [p.name for p in path.parent.iterdir()] == ["renewal.csv"]  # no temporary file left
+    assert outcome.asset_events, outcome.describe()
 
 
 @pytest.mark.parametrize("name", ["chained-sync", "chained-deferred"])

@@ -18,15 +18,19 @@ from airflow_provider_kore.operators.campaign import (
     KoreStartSmsCampaignOperator,
     KoreStopVoiceCampaignOperator,
 )
+from airflow_provider_kore.operators.contacts import KoreLoadContactsOperator
+from airflow_provider_kore.operators.results import KoreExportCampaignResultsOperator
 from airflow_provider_kore.sensors.campaign import KoreCampaignStatusSensor
 from airflow_provider_kore.testing.simulator import DEFAULT_CAMPAIGNS
 
 EXAMPLE_DAGS = Path(__file__).resolve().parent.parent / "example_dags"
 SEEDED_IDS = {campaign_id for campaign_id, _, _ in DEFAULT_CAMPAIGNS}
+SEEDED_NAMES = {name for _, _, name in DEFAULT_CAMPAIGNS}
 CRON_DAGS = {
     "kore_campaign_pipeline": ("0 8 * * 1-5", "America/New_York"),
     "kore_chained_campaigns": ("30 9 * * 1-5", "Europe/London"),
     "kore_campaign_assets_producer": ("0 7 * * 1-5", "Europe/Berlin"),
+    "kore_nightly_outreach": ("0 19 * * *", "America/New_York"),
 }
 ASSET_URI = "kore://campaigns/cd-sms-welcome-0001/completed"
 
@@ -123,7 +127,9 @@ def test_default_campaign_ids_are_the_simulators(dagbag):
                 assert value in SEEDED_IDS, (dag.dag_id, key)
         for task in dag.tasks:
             campaign_id = getattr(task, "campaign_id", None)
-            if isinstance(campaign_id, str):
+            if getattr(task, "campaign_name", None) is not None:
+                assert task.campaign_name in SEEDED_NAMES, (dag.dag_id, task.task_id)
+            if isinstance(campaign_id, str) and "xcom_pull" not in campaign_id:
                 rendered = task.render_template(campaign_id, {"params": params})
                 assert rendered in SEEDED_IDS, (dag.dag_id, task.task_id)
                 seen.add(rendered)
@@ -155,3 +161,26 @@ def test_parsing_the_examples_loads_no_http_or_jwt_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_nightly_outreach_tasks_and_order(dagbag):
+    dag = dagbag.dags["kore_nightly_outreach"]
+    load, start, wait, export = (
+        dag.get_task(t) for t in ("load_contacts", "start_renewal", "wait_for_renewal", "export_outcomes")
+    )
+    assert isinstance(load, KoreLoadContactsOperator)
+    assert load.source.startswith("file://")
+    assert load.source.endswith("/kore/contacts/{{ ds }}/tonight.csv")
+    assert isinstance(start, KoreStartCampaignOperator)
+    assert (start.campaign_id, start.campaign_type) == (None, "voice")
+    assert isinstance(wait, KoreCampaignStatusSensor)
+    assert wait.deferrable is True
+    assert "xcom_pull(task_ids='start_renewal')" in wait.campaign_id
+    assert isinstance(export, KoreExportCampaignResultsOperator)
+    assert export.destination.endswith("/kore/results/{{ ds }}/renewal.csv")
+    assert [asset.uri for asset in export.outlets] == ["kore://campaigns/policy-renewal/outcomes"]
+    assert edges(dag) == {
+        ("load_contacts", "start_renewal"),
+        ("start_renewal", "wait_for_renewal"),
+        ("wait_for_renewal", "export_outcomes"),
+    }

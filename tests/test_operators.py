@@ -174,7 +174,8 @@ def test_template_fields_render(airflow_context):
         target_statuses=["{{ params.target }}", "Stopped"],
         failure_statuses="{{ params.bad }}",
     )
-    assert set(op.template_fields) == {"campaign_id", "stream_id", "target_statuses", "failure_statuses"}
+    fields = {"campaign_id", "campaign_name", "stream_id", "target_statuses", "failure_statuses"}
+    assert set(op.template_fields) == fields
     op.render_template_fields(
         airflow_context(params={"cid": "cd-42", "sid": "st-7", "target": "Completed", "bad": "Failed"})
     )

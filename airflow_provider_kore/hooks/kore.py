@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -22,6 +22,9 @@ from airflow_provider_kore._compat import BaseHook
 from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
+    KoreBadResponseError,
+    KoreCampaignAmbiguousError,
+    KoreCampaignNotFoundError,
     KoreConfigurationError,
     KoreError,
     KoreNotFoundError,
@@ -29,19 +32,35 @@ from airflow_provider_kore.exceptions import (
     Secrets,
     redact,
 )
-from airflow_provider_kore.ids import DEFAULT_CONN_ID, validate_campaign_type, validate_id
+from airflow_provider_kore.ids import (
+    DEFAULT_CONN_ID,
+    MAX_LIST_DESCRIPTION_LENGTH,
+    MAX_LIST_NAME_LENGTH,
+    validate_campaign_type,
+    validate_text,
+)
 
 #: A campaign id no one uses: the Test button reads its status to check the credentials.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
 #: The Test button waits at most this long in all.
 TEST_CONNECTION_DEADLINE = 15.0
 #: Rows per page when listing campaigns; contact outcomes come 100 a page (Kore's maximum).
-CAMPAIGN_PAGE = 50
+CAMPAIGN_PAGE = 100
 CONTACT_PAGE = 100
 #: Contacts per add-contacts request: Kore documents no limit, so bodies stay small.
 DEFAULT_BATCH_SIZE = 500
-#: The contact fields a Kore contact list maps.
-CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
+
+
+def _with_ids(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Campaign rows with ``id`` set; a row a moved page boundary repeats is dropped."""
+    seen: set[str] = set()
+    for row in rows:
+        campaign_id = row.get("_id") or row.get("id")
+        if not isinstance(campaign_id, str) or not campaign_id:
+            raise KoreBadResponseError(f"Kore.ai list campaigns: a row without _id or id: {row.get('name')!r}")
+        if campaign_id not in seen:
+            seen.add(campaign_id)
+            yield {**row, "id": campaign_id}
 
 
 def network_failure(exc: requests.exceptions.RequestException) -> engine.NetworkFailure:
@@ -233,63 +252,57 @@ class KoreHook(BaseHook):
     # -- pipelines ----------------------------------------------------------------------------
 
     def list_campaigns(
-        self, campaign_type: str, statuses: Iterable[str] | None = None, stream_id: str | None = None
+        self, campaign_type: str, statuses: str | Iterable[str] | None = None, stream_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every campaign of ``campaign_type``, page by page; each row has ``id`` (Kore's ``_id`` or ``id``)."""
-        body: dict[str, Any] = {"type": validate_campaign_type(campaign_type)}
-        if statuses is not None:
-            body["filters"] = {"status": [str(s) for s in ([statuses] if isinstance(statuses, str) else statuses)]}
-        for page in itertools.count(1):
-            body.update(page=page, limit=CAMPAIGN_PAGE, skip=(page - 1) * CAMPAIGN_PAGE)
-            data = self._request("list_campaigns", stream_id=stream_id, body=body)["data"]
-            rows = data.get("results") or []
-            for row in rows:
-                if isinstance(row, Mapping):
-                    yield {**row, "id": row.get("id") or row.get("_id")}
-            if not rows or not data.get("hasMore", page < int(data.get("totalPages") or 0)):
-                return
+        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page.
+
+        Each item is Kore's row with ``id`` set (voice rows carry ``_id``, SMS rows ``id``).
+        """
+        body: dict[str, Any] = {
+            "type": validate_campaign_type(campaign_type),
+            "limit": CAMPAIGN_PAGE,
+            "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
+        }
+        wanted = api.campaign_statuses(statuses)
+        if wanted:
+            body["filters"] = {"status": wanted}
+        pages = self._pages("list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * CAMPAIGN_PAGE})
+        return _with_ids(pages)
 
     def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
-        """The id of the one ``campaign_type`` campaign named exactly ``name``."""
+        """The id of the one ``campaign_type`` campaign named exactly ``name``.
+
+        Raises :class:`KoreCampaignNotFoundError` when none is, :class:`KoreCampaignAmbiguousError`
+        when several are.
+        """
         if not isinstance(name, str) or not name.strip():
             raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
-        ids = [
-            str(row["id"]) for row in self.list_campaigns(campaign_type, stream_id=stream_id) if row.get("name") == name
-        ]
-        if not ids:
-            raise KoreNotFoundError(
-                f"Kore.ai has no {campaign_type} campaign named {name!r}", operation="find_campaign"
+        kind = validate_campaign_type(campaign_type)
+        found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
+        where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)[0]!r}"
+        if not found:
+            raise KoreCampaignNotFoundError(f"Kore.ai has no {where}", operation="list_campaigns")
+        if len(found) > 1:
+            raise KoreCampaignAmbiguousError(
+                f"Kore.ai has {len(found)} of {where} ({', '.join(found[:5])}): pass campaign_id instead"
             )
-        if len(ids) > 1:
-            raise KoreConfigurationError(
-                f"{len(ids)} {campaign_type} campaigns are named {name!r} ({', '.join(ids[:5])}): "
-                "pass campaign_id instead"
-            )
-        return ids[0]
+        return str(found[0])
 
     def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
-        """Every contact outcome of a campaign, fetched lazily, a page of 100 at a time."""
-        validate_id("campaign_id", campaign_id)
-        for page in itertools.count(1):
-            body = {"page": page, "limit": CONTACT_PAGE}
-            data = self._request("get_campaign_contacts", campaign_id=campaign_id, stream_id=stream_id, body=body)[
-                "data"
-            ]
-            rows = data.get("results") or []
-            yield from (dict(row) for row in rows if isinstance(row, Mapping))
-            if len(rows) < CONTACT_PAGE or page >= int(data.get("totalPages") or page):
-                return
+        """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
+        body = {"limit": CONTACT_PAGE}
+        return self._pages("get_campaign_contacts", lambda page: {**body, "page": page}, campaign_id, stream_id)
 
     def create_contact_list(
         self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
     ) -> dict[str, Any]:
-        """Create a contact list filled through the API (``source: passiveApi``); returns its data."""
-        for field, value, most in (("name", name, 48), ("description", description, 256)):
-            if not isinstance(value, str) or not value.strip() or len(value) > most:
-                raise KoreConfigurationError(f"contact list {field} must be 1 to {most} characters; got {value!r}")
+        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``.
+
+        Not idempotent: a lost answer raises :class:`KoreOutcomeUnknownError` (the list may exist).
+        """
         body = {
-            "name": name,
-            "description": description,
+            "name": validate_text("name", name, MAX_LIST_NAME_LENGTH),
+            "description": validate_text("description", description, MAX_LIST_DESCRIPTION_LENGTH),
             "source": "passiveApi",
             "allowDuplicates": bool(allow_duplicates),
         }
@@ -303,21 +316,63 @@ class KoreHook(BaseHook):
         batch_size: int = DEFAULT_BATCH_SIZE,
         stream_id: str | None = None,
     ) -> int:
-        """Send contacts (dicts with ``phoneNumber``) to a list, in order, in batches; returns how many.
+        """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
 
-        Kore queues the add: the contacts are in the list shortly after the call returns.
+        ``contacts`` is read lazily (a generator of a million rows is fine); each batch is checked
+        (:func:`~airflow_provider_kore.api.contact_payload`) before it is sent. Kore queues the add:
+        it is not done on return. A lost answer raises :class:`KoreOutcomeUnknownError`, never re-sent.
         """
-        if not isinstance(contact_list_name, str) or not contact_list_name.strip():
-            raise KoreConfigurationError(f"contact_list_name must be a non-empty string; got {contact_list_name!r}")
+        name = validate_text("contact_list_name", contact_list_name, MAX_LIST_NAME_LENGTH)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise KoreConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}")
-        sent = 0
-        iterator = iter(contacts)
-        while batch := [_contact(row, sent + i + 1) for i, row in enumerate(itertools.islice(iterator, batch_size))]:
-            body = {"contact_list_name": contact_list_name, "data": batch}
-            self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {contact_list_name!r}")
+            raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        self.config.resolve_stream_id(stream_id)
+        rows, sent = iter(contacts), 0
+        while True:
+            batch = []
+            for number, contact in enumerate(itertools.islice(rows, batch_size), start=sent + 1):
+                try:
+                    batch.append(api.contact_payload(contact))
+                except KoreConfigurationError as exc:
+                    raise KoreConfigurationError(f"contact {number}: {exc}") from None
+            if not batch:
+                return sent
+            body = {"contact_list_name": name, "data": batch}
+            try:
+                self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {name!r}")
+            except KoreOutcomeUnknownError as exc:
+                exc.args = (f"{exc.args[0]} ({sent} contacts were sent before this batch of {len(batch)})",)
+                raise
             sent += len(batch)
-        return sent
+
+    def _pages(
+        self,
+        operation: str,
+        body_for: Callable[[int], dict[str, Any]],
+        campaign_id: str | None = None,
+        stream_id: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
+        params: dict[str, Any] = {} if campaign_id is None else {"campaign_id": campaign_id}
+        api.prepare(self.config, operation, stream_id=stream_id, body=body_for(1), **params)
+
+        def read() -> Iterator[dict[str, Any]]:
+            for page in itertools.count(1):
+                data = self._request(operation, stream_id=stream_id, body=body_for(page), **params)["data"]
+                results = data.get("results")
+                if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
+                    raise KoreBadResponseError(
+                        f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list",
+                        operation=operation,
+                        campaign_id=campaign_id,
+                    )
+                yield from results
+                more, total = data.get("hasMore"), data.get("totalPages")
+                if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
+                    more = page < total if isinstance(total, int) else len(results) >= body_for(page)["limit"]
+                if not results or not more:
+                    return
+
+        return read()
 
     # -- the Test button ------------------------------------------------------------------------
 
@@ -440,16 +495,6 @@ class KoreHook(BaseHook):
         self.__dict__.pop("signer", None)
         self.__dict__.pop("session", None)
         return True
-
-
-def _contact(row: Mapping[str, Any], position: int) -> dict[str, Any]:
-    """One contact for Kore's list: the mapped fields only; a usable phoneNumber is required."""
-    if not isinstance(row, Mapping):
-        raise KoreConfigurationError(f"contact {position} must be a mapping; got {type(row).__name__}")
-    phone = row.get("phoneNumber")
-    if phone is None or not str(phone).strip():
-        raise KoreConfigurationError(f"contact {position} has no phoneNumber")
-    return {key: row[key] for key in CONTACT_FIELDS if row.get(key) not in (None, "")}
 
 
 __all__ = ["KoreHook", "network_failure"]

@@ -23,6 +23,8 @@ from airflow_provider_kore.waiting import (
     DEFER_TIMEOUT_MARGIN,
     POKE_GRACE,
     CampaignStatusWatch,
+    campaign_id_for,
+    check_campaign_choice,
     check_trigger_event,
     non_negative_seconds,
     positive_seconds,
@@ -164,7 +166,9 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     started), plus ``campaign_instance_id`` when Kore returns one. With ``wait_for_completion``,
     ``status`` is the final campaign status and ``start_status`` what the start answered.
 
-    :param campaign_id: The campaign to start (templated), e.g. ``cd-469cba4-...``.
+    :param campaign_id: The campaign to start (templated), e.g. ``cd-469cba4-...``. Or:
+    :param campaign_name: The campaign's exact name (templated), looked up when the task runs
+        (among ``campaign_type`` campaigns); the XCom value carries the id.
     :param campaign_type: ``"sms"`` (default) or ``"voice"``.
     :param stream_id: The bot (stream) id (templated); None uses the connection's ``stream_id`` extra.
     :param kore_conn_id: The ``kore`` connection. Default ``kore_default``.
@@ -182,12 +186,19 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         wait times out, so the campaign does not run on unobserved.
     """
 
-    template_fields: Sequence[str] = ("campaign_id", "stream_id", "target_statuses", "failure_statuses")
+    template_fields: Sequence[str] = (
+        "campaign_id",
+        "campaign_name",
+        "stream_id",
+        "target_statuses",
+        "failure_statuses",
+    )
 
     def __init__(
         self,
         *,
-        campaign_id: str,
+        campaign_id: str | None = None,
+        campaign_name: str | None = None,
         campaign_type: str = "sms",
         stream_id: str | None = None,
         kore_conn_id: str = ids.DEFAULT_CONN_ID,
@@ -211,8 +222,9 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         self.timeout = non_negative_seconds("timeout", timeout)
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.stop_on_kill = bool(stop_on_kill)
+        self.campaign_name = campaign_name
         # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
-        validate_id_unless_template("campaign_id", campaign_id)
+        check_campaign_choice(campaign_id, campaign_name, campaign_type)
         validate_id_unless_template("stream_id", stream_id, optional=True)
         status_rule_unless_template(target_statuses, failure_statuses)
         #: (campaign_id, stream_id) once this process has sent a start, for on_kill.
@@ -220,8 +232,10 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Start the campaign (unless a retry finds it already started); wait if asked."""
-        campaign_id = rendered_id("campaign_id", self.campaign_id)
         stream_id = rendered_optional_id("stream_id", self.stream_id)
+        campaign_id = campaign_id_for(
+            self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log
+        )
         rule = StatusRule.build(self.target_statuses, self.failure_statuses)
 
         result = self._start(context, campaign_id, stream_id)
@@ -359,7 +373,8 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         when ``stop_on_kill`` is set, then raises
         :class:`~airflow_provider_kore.exceptions.KoreCampaignTimeoutError`.
         """
-        campaign_id = rendered_id("campaign_id", self.campaign_id)
+        named = start_result.get("campaign_id") if isinstance(start_result, Mapping) else None
+        campaign_id = rendered_id("campaign_id", self.campaign_id if self.campaign_id is not None else named)
         stream_id = rendered_optional_id("stream_id", self.stream_id)
         rule = StatusRule.build(self.target_statuses, self.failure_statuses)
         try:
@@ -426,7 +441,7 @@ class KoreStartSmsCampaignOperator(KoreStartCampaignOperator):
     :param campaign_id: The SMS campaign to start (templated).
     """
 
-    def __init__(self, *, campaign_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, campaign_id: str | None = None, **kwargs: Any) -> None:
         if "campaign_type" in kwargs:
             raise TypeError("KoreStartSmsCampaignOperator always starts an sms campaign; do not pass campaign_type")
         super().__init__(campaign_id=campaign_id, campaign_type="sms", **kwargs)
@@ -443,18 +458,20 @@ class KoreStopCampaignOperator(_KoreCampaignOperator):
     "updated_at", "stopped"}`` plus ``campaign_instance_id`` when Kore returns one; ``stopped``
     is False when the campaign had already ended.
 
-    :param campaign_id: The campaign to stop (templated).
+    :param campaign_id: The campaign to stop (templated). Or:
+    :param campaign_name: The campaign's exact name (templated), looked up when the task runs.
     :param campaign_type: ``"voice"`` (default) or ``"sms"``.
     :param stream_id: The bot (stream) id (templated); None uses the connection's ``stream_id`` extra.
     :param kore_conn_id: The ``kore`` connection. Default ``kore_default``.
     """
 
-    template_fields: Sequence[str] = ("campaign_id", "stream_id")
+    template_fields: Sequence[str] = ("campaign_id", "campaign_name", "stream_id")
 
     def __init__(
         self,
         *,
-        campaign_id: str,
+        campaign_id: str | None = None,
+        campaign_name: str | None = None,
         campaign_type: str = "voice",
         stream_id: str | None = None,
         kore_conn_id: str = ids.DEFAULT_CONN_ID,
@@ -464,13 +481,16 @@ class KoreStopCampaignOperator(_KoreCampaignOperator):
         self.campaign_id = campaign_id
         self.campaign_type = ids.validate_campaign_type(campaign_type)
         self.stream_id = stream_id
-        validate_id_unless_template("campaign_id", campaign_id)
+        self.campaign_name = campaign_name
+        check_campaign_choice(campaign_id, campaign_name, campaign_type)
         validate_id_unless_template("stream_id", stream_id, optional=True)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Stop the campaign; an already-ended campaign is not an error."""
-        campaign_id = rendered_id("campaign_id", self.campaign_id)
         stream_id = rendered_optional_id("stream_id", self.stream_id)
+        campaign_id = campaign_id_for(
+            self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log
+        )
         answer, stopped = stop_campaign_quietly(
             self.hook, campaign_id, campaign_type=self.campaign_type, stream_id=stream_id, log=self.log
         )
@@ -493,7 +513,7 @@ class KoreStopVoiceCampaignOperator(KoreStopCampaignOperator):
     :param campaign_id: The voice campaign to stop (templated).
     """
 
-    def __init__(self, *, campaign_id: str, **kwargs: Any) -> None:
+    def __init__(self, *, campaign_id: str | None = None, **kwargs: Any) -> None:
         if "campaign_type" in kwargs:
             raise TypeError("KoreStopVoiceCampaignOperator always stops a voice campaign; do not pass campaign_type")
         super().__init__(campaign_id=campaign_id, campaign_type="voice", **kwargs)

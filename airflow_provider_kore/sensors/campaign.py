@@ -27,6 +27,8 @@ from airflow_provider_kore.waiting import (
     DEFER_TIMEOUT_MARGIN,
     POKE_GRACE,
     CampaignStatusWatch,
+    campaign_id_for,
+    check_campaign_choice,
     check_trigger_event,
     max_errors,
     positive_seconds,
@@ -56,7 +58,9 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     defers) and otherwise hands the wait to :class:`~airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger`
     in the triggerer, polling every ``poke_interval`` seconds until ``timeout``.
 
-    :param campaign_id: The campaign to watch (templated).
+    :param campaign_id: The campaign to watch (templated). Or:
+    :param campaign_name: The campaign's exact name (templated), looked up when the task runs; with
+    :param campaign_type: ``"sms"`` or ``"voice"`` (only with ``campaign_name``).
     :param target_statuses: Status name(s) that end the wait successfully (templated;
         case-insensitive). Default ``("Completed",)``.
     :param failure_statuses: Status name(s) that fail the task (templated). None: ``("Failed",)``
@@ -75,13 +79,21 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     with ``soft_fail=True``), ``mode``, ``soft_fail``...
     """
 
-    template_fields: Sequence[str] = ("campaign_id", "stream_id", "target_statuses", "failure_statuses")
+    template_fields: Sequence[str] = (
+        "campaign_id",
+        "campaign_name",
+        "stream_id",
+        "target_statuses",
+        "failure_statuses",
+    )
     ui_color = "#e3f1e8"
 
     def __init__(
         self,
         *,
-        campaign_id: str,
+        campaign_id: str | None = None,
+        campaign_name: str | None = None,
+        campaign_type: str | None = None,
         target_statuses: str | Iterable[str] = DEFAULT_TARGET_STATUSES,
         failure_statuses: str | Iterable[str] | None = None,
         stream_id: str | None = None,
@@ -98,9 +110,11 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         self.kore_conn_id = kore_conn_id
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.max_consecutive_errors = max_errors(max_consecutive_errors)
+        self.campaign_name = campaign_name
+        self.campaign_type = campaign_type
         # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
         positive_seconds("poke_interval", self.poke_interval)
-        validate_id_unless_template("campaign_id", campaign_id)
+        check_campaign_choice(campaign_id, campaign_name, campaign_type)
         validate_id_unless_template("stream_id", stream_id, optional=True)
         status_rule_unless_template(target_statuses, failure_statuses)
 
@@ -114,10 +128,11 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     @cached_property
     def _watch(self) -> CampaignStatusWatch:
         # Built on the first poke, after rendering, so the rendered values are what is validated.
+        stream_id = rendered_optional_id("stream_id", self.stream_id)
         return CampaignStatusWatch(
-            rendered_id("campaign_id", self.campaign_id),
+            campaign_id_for(self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log),
             StatusRule.build(self.target_statuses, self.failure_statuses),
-            stream_id=rendered_optional_id("stream_id", self.stream_id),
+            stream_id=stream_id,
             max_consecutive_errors=self.max_consecutive_errors,
             log=self.log,
         )
@@ -168,16 +183,17 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
                 max_consecutive_errors=self.max_consecutive_errors,
             ),
             method_name="execute_complete",
+            kwargs={"campaign_id": watch.campaign_id},  # a campaign_name is not looked up again
             timeout=timedelta(seconds=float(self.timeout) + float(self.poke_interval) + DEFER_TIMEOUT_MARGIN),
         )
 
-    def execute_complete(self, context: Context, event: Any = None) -> dict[str, Any]:
+    def execute_complete(self, context: Context, event: Any = None, campaign_id: str | None = None) -> dict[str, Any]:
         """Resume after the trigger: the status data on success; raise on anything else (fail closed).
 
         A timeout raises :class:`~airflow_provider_kore.exceptions.KoreCampaignTimeoutError`, an
         ``AirflowSensorTimeout``: the task fails without retry, or is skipped with ``soft_fail``.
         """
-        campaign_id = rendered_id("campaign_id", self.campaign_id)
+        campaign_id = rendered_id("campaign_id", campaign_id or self.campaign_id)
         rule = StatusRule.build(self.target_statuses, self.failure_statuses)
         payload = check_trigger_event(event, campaign_id, rule)
         data = payload.get("data")
