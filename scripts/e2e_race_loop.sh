@@ -57,8 +57,8 @@ for ((run = 1; run <= runs; run++)); do
         echo "run $run: passed in ${took}s; $summary"
     else
         failed=$((failed + 1))
-        why=$(grep -m1 -oE "DEFER RACE[^:]*|skipped.*|Error.*|assert.*" "$log" | head -1)
-        grep -q "DEFER RACE" "$log" && races=$((races + 1))
+        why=$(grep -m1 -E "^E +[A-Za-z.]*(Error|Skipped|Failed)|^SKIPPED|^ERROR" "$log" | sed -E 's/^E +//' | cut -c1-200)
+        grep -q "AssertionError: DEFER RACE" "$log" && races=$((races + 1))
         echo "run $run: FAILED (exit $rc) in ${took}s: $why (log: $log)"
     fi
 done
