@@ -76,6 +76,8 @@ QUICK_START_ID = "cd-e2e-quick-start"
 #: Task processes at once: SQLite (one writer) is not asked for dozens of them at a time.
 QUICK_PARALLELISM = {"sqlite": 4, "postgres": 8}
 READ_OR_START = ("get_campaign_status", "start_campaign")
+#: Seconds past MIN_FIRST_READ_DELAY a trigger may take to start and read on a loaded machine.
+QUICK_LATE_SLACK = 20.0
 #: What Airflow's scheduler logs when it fails a task on the defer race.
 DEFER_RACE = re.compile(r".*finished with state success, but the task instance's state attribute is \w+.*")
 
@@ -408,22 +410,21 @@ def test_quick_waits_are_not_failed_by_the_defer_race(e2e_airflow: Any, db: str)
     assert all(ti["try_number"] == 1 for ti in tis)
 
     # Each wait: its worker read, then the trigger's one read, at least MIN_FIRST_READ_DELAY later.
-    gaps, worker_reads, trigger_reads = {}, [], []
+    gaps, worker_reads = {}, []
     for cid in [*QUICK_IDS, QUICK_START_ID]:
-        ops = [
-            r for r in sim.requests if r.campaign_id == cid and r.operation in ("get_campaign_status", "start_campaign")
-        ]
+        ops = [r for r in sim.requests if r.campaign_id == cid and r.operation in READ_OR_START]
         assert len(ops) == 2, (cid, [(r.operation, r.status_code) for r in ops])
         gaps[cid] = ops[1].time - ops[0].time
         worker_reads.append(ops[0].time)
-        trigger_reads.append(ops[1].time)
     early = {cid: round(gap, 2) for cid, gap in gaps.items() if gap < MIN_FIRST_READ_DELAY - 0.5}
     assert not early, f"trigger reads within {MIN_FIRST_READ_DELAY}s of the worker's read: {early}"
-    # Not held back to one moment: the first waits ended before the last ones were read in a worker.
-    assert min(trigger_reads) < max(worker_reads), "every wait was held until all had deferred"
+    # Each wait ends soon after its own deferral, not held back to one shared moment.
+    late = {cid: round(gap, 2) for cid, gap in gaps.items() if gap > MIN_FIRST_READ_DELAY + QUICK_LATE_SLACK}
+    assert not late, f"trigger reads more than {MIN_FIRST_READ_DELAY + QUICK_LATE_SLACK}s after the worker's: {late}"
     print(
         f"\nquick waits on {db}: {QUICK_WAITS}+1 deferred waits done {seconds:.1f}s after the trigger; "
-        f"worker-to-trigger read {min(gaps.values()):.1f}-{max(gaps.values()):.1f}s"
+        f"worker-to-trigger read {min(gaps.values()):.1f}-{max(gaps.values()):.1f}s; "
+        f"worker reads over {max(worker_reads) - min(worker_reads):.1f}s"
     )
 
 
