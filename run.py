@@ -37,8 +37,9 @@ AIRFLOW = {
         "pyjwt==2.10.1",
     ],
 }
-# Tools the test suite uses beyond the dev extra: the HTTP provider for the side-by-side benchmark.
-TEST_EXTRAS = ["apache-airflow-providers-http"]
+# Tools the test suite uses beyond the dev extra: the HTTP provider for the side-by-side benchmark;
+# PostgreSQL drivers for the real-deployment test on a throwaway PostgreSQL (Airflow 3 needs both).
+TEST_EXTRAS = ["apache-airflow-providers-http", "psycopg2-binary", "asyncpg"]
 
 
 def venv_dir(flavour: str) -> Path:

@@ -14,12 +14,21 @@ checks that its start answer survives a real deferral (``dag.test()`` drops it).
 
 On Airflow 3.3 (``BaseTrigger.on_kill``), ``kore_e2e_kill`` checks ``stop_on_kill`` while
 deferred: the task is marked failed through the REST API and the trigger stops the campaign.
+
+``kore_e2e_quick`` (:func:`test_quick_waits_are_not_failed_by_the_defer_race`) is Airflow's defer
+race (apache/airflow#66374, #71580, #72716): :data:`QUICK_WAITS` mapped waits polling every
+2 s on campaigns done by the trigger's first read, released as they defer, not held back.
+It runs on SQLite (``airflow standalone``'s database; the runs are staged by a low
+``parallelism``) and on a throwaway PostgreSQL 15 cluster (skipped when the server binaries or
+the psycopg2/asyncpg drivers are missing). ``KORE_E2E_DB=sqlite`` or ``postgres`` runs only
+one; ``scripts/e2e_race_loop.sh`` runs it many times in a row, with the CPUs loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import sqlite3
@@ -32,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import airflow
+import postgres_cluster
 import pytest
 import requests
 from processes import free_port, stop_process_group
 
 from airflow_provider_kore._compat import trigger_supports_on_kill
 from airflow_provider_kore.testing import KoreSimulator
+from airflow_provider_kore.triggers.campaign import MIN_FIRST_READ_DELAY
 
 pytestmark = pytest.mark.e2e
 
@@ -57,6 +68,19 @@ EXECUTOR_SUCCESS = re.compile(
 READY_TIMEOUT = 120.0
 RUN_TIMEOUT = 180.0
 
+#: The defer-race scenario: waits polling every QUICK_POLL s on campaigns done at the trigger's first read.
+QUICK_WAITS = 16
+QUICK_POLL = 2
+QUICK_IDS = [f"cd-e2e-quick-{i:04d}" for i in range(QUICK_WAITS)]
+QUICK_START_ID = "cd-e2e-quick-start"
+#: Task processes at once: SQLite (one writer) is not asked for dozens of them at a time.
+QUICK_PARALLELISM = {"sqlite": 4, "postgres": 8}
+READ_OR_START = ("get_campaign_status", "start_campaign")
+#: Seconds past MIN_FIRST_READ_DELAY a trigger may take to start and read on a loaded machine.
+QUICK_LATE_SLACK = 20.0
+#: What Airflow's scheduler logs when it fails a task on the defer race.
+DEFER_RACE = re.compile(r".*finished with state success, but the task instance's state attribute is \w+.*")
+
 
 @dataclass
 class Deployment:
@@ -64,6 +88,8 @@ class Deployment:
     url: str
     sim: KoreSimulator
     session: requests.Session
+    #: The metadata DB: SQLite in ``home`` unless a PostgreSQL cluster is given.
+    postgres: postgres_cluster.Cluster | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     fanout_run: dict[str, Any] = field(default_factory=dict)
     fanout_tis: list[dict[str, Any]] = field(default_factory=list)
@@ -86,21 +112,26 @@ class Deployment:
     def tails(self) -> str:
         return "\n".join(f"--- {name} ---\n{self.output(name)[-3000:]}" for name in self.processes)
 
-    def db(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    def db(self, sql: str) -> list[tuple[Any, ...]]:
+        if self.postgres is not None:
+            with contextlib.closing(self.postgres.connect()) as pg:
+                cursor = pg.cursor()  # type: ignore[attr-defined]
+                cursor.execute(sql)
+                return [tuple(row) for row in cursor.fetchall()]
         with contextlib.closing(
             sqlite3.connect(f"file:{self.home / 'airflow.db'}?mode=ro", uri=True, timeout=30)
         ) as conn:
-            return conn.execute(sql, params).fetchall()
+            return conn.execute(sql).fetchall()
 
 
-def _env(e2e_airflow: Any, home: Path, port: int, sim: KoreSimulator) -> dict[str, str]:
+def _env(e2e_airflow: Any, home: Path, port: int, sim: KoreSimulator, **overrides: str) -> dict[str, str]:
     from cryptography.fernet import Fernet
 
     return e2e_airflow.env(
         home,
         E2E_DAGS,
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__PARALLELISM="8",
+        AIRFLOW__CORE__PARALLELISM=overrides.pop("parallelism", "8"),
         AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"http://127.0.0.1:{port}/execution/",
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__FERNET_KEY=Fernet.generate_key().decode(),
@@ -115,6 +146,9 @@ def _env(e2e_airflow: Any, home: Path, port: int, sim: KoreSimulator) -> dict[st
         AIRFLOW_CONN_KORE_DEFAULT=sim.airflow_conn_json(),
         KORE_E2E_WAITS=str(WAITS),
         KORE_E2E_POLL=POLL,
+        KORE_E2E_QUICK_WAITS=str(QUICK_WAITS),
+        KORE_E2E_QUICK_POLL=str(QUICK_POLL),
+        **overrides,
     )
 
 
@@ -153,28 +187,23 @@ def _trigger_run(deployment: Deployment, dag_id: str) -> str:
     return str(answer.json()["dag_run_id"])
 
 
-@pytest.fixture(scope="module")
-def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
-    campaigns: dict[str, Any] = {
-        cid: {"status": "Active", "complete_after_polls": None, "complete_after_seconds": None} for cid in WAIT_IDS
-    }
-    # Completes when the test releases it, with the waits (see executor_events_taken).
-    campaigns[START_ID] = {"complete_after_polls": None, "complete_after_seconds": None}
-    campaigns[KILL_ID] = {"complete_after_polls": None, "complete_after_seconds": None}
-    sim = KoreSimulator(client_secret=f"e2e-secret-{secrets.token_hex(12)}", campaigns=campaigns)
-    sim.start()
-    home = e2e_airflow.new_home("deployment")
-    port = free_port()
-    env = _env(e2e_airflow, home, port, sim)
-    deployment = Deployment(home=home, url=f"http://127.0.0.1:{port}", sim=sim, session=requests.Session())
-    commands = {
-        "api-server": ["api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        "scheduler": ["scheduler"],
-        "dag-processor": ["dag-processor"],
-        "triggerer": ["triggerer"],
-    }
+#: The Airflow processes of a deployment, by name.
+COMMANDS = {
+    "api-server": ["api-server", "--host", "127.0.0.1", "--workers", "1"],
+    "scheduler": ["scheduler"],
+    "dag-processor": ["dag-processor"],
+    "triggerer": ["triggerer"],
+}
+
+
+@contextlib.contextmanager
+def _running(deployment: Deployment, env: dict[str, str], port: int, dag_ids: list[str]) -> Iterator[Deployment]:
+    """Start the four Airflow processes; yield once the API answers and ``dag_ids`` are parsed; stop them."""
+    home = deployment.home
     try:
-        for name, args in commands.items():
+        for name, args in COMMANDS.items():
+            if name == "api-server":
+                args = [*args, "--port", str(port)]
             with (home / f"{name}.out").open("wb") as out:
                 deployment.processes[name] = subprocess.Popen(
                     [sys.executable, "-m", "airflow", *args],
@@ -194,14 +223,37 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
         token = session.get(f"{deployment.url}/auth/token", timeout=30)
         assert token.status_code in (200, 201), token.text
         session.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
-        for dag_id in ("kore_e2e_fanout", "kore_e2e_kill"):
+        for dag_id in dag_ids:
             _wait_for(
                 f"{dag_id} to be parsed",
                 lambda d=dag_id: _ok(lambda: deployment.api("GET", f"/dags/{d}")),
                 READY_TIMEOUT,
                 deployment,
             )
+        yield deployment
+    finally:
+        for process in deployment.processes.values():
+            stop_process_group(process)
+        deployment.session.close()
 
+
+@pytest.fixture(scope="module")
+def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
+    campaigns: dict[str, Any] = {
+        cid: {"status": "Active", "complete_after_polls": None, "complete_after_seconds": None} for cid in WAIT_IDS
+    }
+    # Completes when the test releases it, with the waits (see executor_events_taken).
+    campaigns[START_ID] = {"complete_after_polls": None, "complete_after_seconds": None}
+    campaigns[KILL_ID] = {"complete_after_polls": None, "complete_after_seconds": None}
+    sim = KoreSimulator(client_secret=f"e2e-secret-{secrets.token_hex(12)}", campaigns=campaigns)
+    sim.start()
+    home = e2e_airflow.new_home("deployment")
+    port = free_port()
+    env = _env(e2e_airflow, home, port, sim)
+    deployment = Deployment(home=home, url=f"http://127.0.0.1:{port}", sim=sim, session=requests.Session())
+    with contextlib.ExitStack() as stack:
+        stack.callback(sim.stop)
+        stack.enter_context(_running(deployment, env, port, ["kore_e2e_fanout", "kore_e2e_kill"]))
         started = time.monotonic()
         fanout_run = _trigger_run(deployment, "kore_e2e_fanout")
         kill_run = _trigger_run(deployment, "kore_e2e_kill") if trigger_supports_on_kill() else None
@@ -242,7 +294,9 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
         _wait_for("the scheduler to take in every deferral", executor_events_taken, RUN_TIMEOUT, deployment)
         deployment.connections_before_release = sim.connections_opened
         deployment.requests_before_release = len(sim.requests)
-        time.sleep(2 * float(POLL))  # a couple of polls from every trigger while all are waiting
+        # A couple of polls from every trigger while all are waiting (the first comes
+        # MIN_FIRST_READ_DELAY after the trigger started).
+        time.sleep(MIN_FIRST_READ_DELAY + 2 * float(POLL))
         for cid in [*WAIT_IDS, START_ID]:
             sim.set_status(cid, "Completed")
 
@@ -269,11 +323,109 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
             ti = deployment.api("GET", f"/dags/kore_e2e_kill/dagRuns/{kill_run}/taskInstances/start_and_wait")
             deployment.kill["ti"] = ti.json()
         yield deployment
-    finally:
-        for process in deployment.processes.values():
-            stop_process_group(process)
-        deployment.session.close()
-        sim.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Airflow's defer race. Defined before the fan-out tests: pytest keeps a module fixture up until
+# the module ends, and this deployment should not share the machine with that one.
+
+
+def _databases() -> list[Any]:
+    chosen = os.environ.get("KORE_E2E_DB", "").strip().lower()
+    assert chosen in ("", "sqlite", "postgres"), f"KORE_E2E_DB must be sqlite or postgres, not {chosen!r}"
+    return [pytest.param(db, id=db) for db in ("sqlite", "postgres") if chosen in ("", db)]
+
+
+@contextlib.contextmanager
+def _metadata_db(db: str, e2e_airflow: Any, home: Path) -> Iterator[postgres_cluster.Cluster | None]:
+    """Nothing for SQLite (``home`` holds a copy of the session's migrated DB); a migrated PostgreSQL cluster."""
+    if db == "sqlite":
+        yield None
+        return
+    reason = postgres_cluster.unavailable()
+    if reason:
+        pytest.skip(f"PostgreSQL: {reason}")
+    with postgres_cluster.cluster() as cluster:
+        env = e2e_airflow.env(home, E2E_DAGS, AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=cluster.url)
+        migrated = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
+        yield cluster
+
+
+@pytest.mark.parametrize("db", _databases())
+def test_quick_waits_are_not_failed_by_the_defer_race(e2e_airflow: Any, db: str) -> None:
+    """Waits whose campaign is done at the trigger's first read all succeed, each soon after deferring.
+
+    Airflow's scheduler fails a deferred task whose trigger fires within seconds of the deferral
+    ("finished with state success, but the task instance's state attribute is queued";
+    apache/airflow#66374, #71580, #72716). The trigger's first read comes one poll interval
+    after the worker's and at least MIN_FIRST_READ_DELAY after the trigger started, each wait
+    on its own clock: the waits complete while others are still deferring.
+    """
+    campaigns: dict[str, Any] = {
+        cid: {"status": "Active", "complete_after_polls": 2, "complete_after_seconds": None} for cid in QUICK_IDS
+    }
+    # Ready; Active once started, Completed at the trigger's first read.
+    campaigns[QUICK_START_ID] = {"complete_after_polls": 1, "complete_after_seconds": None}
+    home = e2e_airflow.new_home(f"quick-{db}")
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(
+            KoreSimulator(client_secret=f"e2e-secret-{secrets.token_hex(12)}", campaigns=campaigns)
+        )
+        cluster = stack.enter_context(_metadata_db(db, e2e_airflow, home))
+        overrides = {"parallelism": str(QUICK_PARALLELISM[db])}
+        if cluster is not None:
+            overrides["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = cluster.url
+        env = _env(e2e_airflow, home, port, sim, **overrides)
+        deployment = Deployment(
+            home=home, url=f"http://127.0.0.1:{port}", sim=sim, session=requests.Session(), postgres=cluster
+        )
+        stack.enter_context(_running(deployment, env, port, ["kore_e2e_quick"]))
+        started = time.monotonic()
+        run_id = _trigger_run(deployment, "kore_e2e_quick")
+
+        def done() -> dict[str, Any] | None:
+            run = _ok(lambda: deployment.api("GET", f"/dags/kore_e2e_quick/dagRuns/{run_id}"))
+            return run if run and run["state"] in ("success", "failed") else None
+
+        run = _wait_for("the quick run to finish", done, RUN_TIMEOUT, deployment)
+        seconds = time.monotonic() - started
+        tis = deployment.api("GET", f"/dags/kore_e2e_quick/dagRuns/{run_id}/taskInstances?limit=100")
+        tis = tis.json()["task_instances"]
+        races = DEFER_RACE.findall(deployment.output("scheduler"))
+
+    failed = sorted((ti["task_id"], ti["map_index"]) for ti in tis if ti["state"] != "success")
+    assert not races, f"DEFER RACE on {db}: {len(races)} task(s) failed by the scheduler:\n" + "\n".join(races)
+    assert not failed, f"tasks not successful on {db}: {failed}\n{deployment.tails()}"
+    assert run["state"] == "success", deployment.tails()
+    assert len(tis) == QUICK_WAITS + 1
+    assert all(ti["try_number"] == 1 for ti in tis)
+
+    # Each wait: its worker read, then the trigger's one read, at least MIN_FIRST_READ_DELAY later.
+    gaps, worker_reads = {}, []
+    for cid in [*QUICK_IDS, QUICK_START_ID]:
+        ops = [r for r in sim.requests if r.campaign_id == cid and r.operation in READ_OR_START]
+        assert len(ops) == 2, (cid, [(r.operation, r.status_code) for r in ops])
+        gaps[cid] = ops[1].time - ops[0].time
+        worker_reads.append(ops[0].time)
+    early = {cid: round(gap, 2) for cid, gap in gaps.items() if gap < MIN_FIRST_READ_DELAY - 0.5}
+    assert not early, f"trigger reads within {MIN_FIRST_READ_DELAY}s of the worker's read: {early}"
+    # Each wait ends soon after its own deferral, not held back to one shared moment.
+    late = {cid: round(gap, 2) for cid, gap in gaps.items() if gap > MIN_FIRST_READ_DELAY + QUICK_LATE_SLACK}
+    assert not late, f"trigger reads more than {MIN_FIRST_READ_DELAY + QUICK_LATE_SLACK}s after the worker's: {late}"
+    print(
+        f"\nquick waits on {db}: {QUICK_WAITS}+1 deferred waits done {seconds:.1f}s after the trigger; "
+        f"worker-to-trigger read {min(gaps.values()):.1f}-{max(gaps.values()):.1f}s; "
+        f"worker reads over {max(worker_reads) - min(worker_reads):.1f}s"
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -555,6 +555,8 @@ def test_deferrable_wait_defers_to_the_trigger(airflow_context):
     classpath, kwargs = exc.trigger.serialize()
     assert classpath == "airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger"
     end_time = kwargs.pop("end_time")
+    last_read_at = kwargs.pop("last_read_at")  # when the worker's read ended: the trigger's first read waits
+    assert before <= last_read_at <= after
     assert kwargs == {
         "campaign_id": "cd-1",
         "kore_conn_id": "kore_default",

@@ -276,6 +276,8 @@ def test_deferrable_defers_to_the_trigger_when_not_done(airflow_context):
     classpath, kwargs = exc.trigger.serialize()
     assert classpath.endswith("triggers.campaign.KoreCampaignStatusTrigger")
     end_time = kwargs.pop("end_time")
+    last_read_at = kwargs.pop("last_read_at")  # when the worker's read ended: the trigger's first read waits
+    assert before <= last_read_at <= after
     assert kwargs == {
         "campaign_id": "cd-1",
         "kore_conn_id": "kore_default",

@@ -17,7 +17,7 @@ from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers import campaign as campaign_module
-from airflow_provider_kore.triggers.campaign import CLASSPATH, KoreCampaignStatusTrigger
+from airflow_provider_kore.triggers.campaign import CLASSPATH, MIN_FIRST_READ_DELAY, KoreCampaignStatusTrigger
 
 CONN_ID = "kore_test"
 SECRET = "trigger-test-client-secret-0123456789abcdef"
@@ -231,6 +231,93 @@ def test_a_decision_at_the_last_poll_wins_over_the_timeout(sim):
     sim.set_status(VOICE, "Completed")
     payload = run(make(end_time=time.time() - 10))
     assert payload["status"] == "success"
+
+
+# -- the first read after a deferral (last_read_at) ------------------------------------------
+# Airflow's scheduler can fail a deferred task whose trigger fires within seconds of the deferral
+# (apache/airflow#66374, #71580, #72716): the first read waits one poll interval after the
+# worker's read, and at least MIN_FIRST_READ_DELAY after the trigger started.
+
+
+def test_min_first_read_delay_is_a_few_seconds():
+    assert MIN_FIRST_READ_DELAY == 6.0
+
+
+def test_the_first_read_waits_one_poll_interval_after_the_workers_read(sim, sleeps):
+    sim.add_campaign("cd-done-next", campaign_type="voice", status="Active", complete_after_polls=1)
+    payload = run(make("cd-done-next", poll_interval=30.0, last_read_at=time.time() - 1.0))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 1  # the one read came after the one sleep
+    assert sleeps["poll"] == [pytest.approx(29.0, abs=0.5)]
+
+
+@pytest.mark.parametrize(
+    ("read_ago", "poll_interval"),
+    [
+        (1.0, 2.0),  # the sensor's read a second before deferring, a short poke_interval
+        (0.0, 0.01),
+        (3600.0, 30.0),  # a trigger restarted long after the deferral (triggerer restart)
+    ],
+)
+def test_the_first_read_never_comes_within_the_triggers_first_seconds(sim, sleeps, read_ago, poll_interval):
+    sim.add_campaign("cd-done-next", campaign_type="voice", status="Active", complete_after_polls=1)
+    payload = run(make("cd-done-next", poll_interval=poll_interval, last_read_at=time.time() - read_ago))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 1
+    assert sleeps["poll"] == [pytest.approx(MIN_FIRST_READ_DELAY, abs=0.5)]
+
+
+def test_later_reads_follow_the_first_one_poll_interval_apart(sim, sleeps):
+    sim.add_campaign("cd-third", campaign_type="voice", status="Active", complete_after_polls=3)
+    payload = run(make("cd-third", poll_interval=2.0, last_read_at=time.time()))
+    assert payload["polls"] == 3
+    assert sleeps["poll"] == [
+        pytest.approx(MIN_FIRST_READ_DELAY, abs=0.5),
+        pytest.approx(2.0, abs=0.5),
+        pytest.approx(2.0, abs=0.5),
+    ]
+
+
+def test_an_end_time_before_the_first_read_is_due_makes_that_read_the_last(sim, sleeps):
+    sim.add_campaign("cd-forever", campaign_type="voice", status="Active", complete_after_polls=None)
+    payload = run(make("cd-forever", poll_interval=30.0, end_time=time.time() + 3.0, last_read_at=time.time()))
+    assert payload["status"] == "timeout"
+    assert payload["polls"] == 1  # one read, at end_time, then the timeout
+    assert sleeps["poll"] == [pytest.approx(3.0, abs=0.5)]
+
+
+def test_an_end_time_after_the_first_read_is_due_does_not_move_it(sim, sleeps):
+    sim.add_campaign("cd-done-next", campaign_type="voice", status="Active", complete_after_polls=1)
+    payload = run(make("cd-done-next", poll_interval=30.0, end_time=time.time() + 40.0, last_read_at=time.time()))
+    assert payload["status"] == "success"
+    assert payload["polls"] == 1
+    assert sleeps["poll"] == [pytest.approx(30.0, abs=0.5)]
+
+
+def test_an_end_time_already_past_reads_once_at_once(sim, sleeps):
+    payload = run(make(end_time=time.time() - 10, last_read_at=time.time() - 11))
+    assert payload["status"] == "timeout"
+    assert payload["polls"] == 1
+    assert sleeps["poll"] == []
+    sim.set_status(VOICE, "Completed")
+    assert run(make(end_time=time.time() - 10, last_read_at=time.time() - 11))["status"] == "success"
+
+
+def test_without_last_read_at_the_first_read_is_made_at_once(sim, sleeps):
+    sim.set_status(VOICE, "Completed")
+    payload = run(make(poll_interval=30.0))
+    assert payload["polls"] == 1
+    assert sleeps["poll"] == []
+
+
+def test_each_trigger_counts_from_its_own_start_not_a_shared_moment():
+    last_read = 1_900_000_000.0
+    trigger = make(poll_interval=2.0, last_read_at=last_read)
+    assert trigger.first_read_due(last_read + 0.5) == last_read + 0.5 + MIN_FIRST_READ_DELAY
+    assert trigger.first_read_due(last_read + 3.0) == last_read + 3.0 + MIN_FIRST_READ_DELAY
+    slow = make(poll_interval=60.0, last_read_at=last_read)
+    assert slow.first_read_due(last_read + 0.5) == last_read + 60.0
+    assert make(poll_interval=2.0).first_read_due(last_read) is None
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -539,6 +626,7 @@ def test_serialize_round_trip():
         stop_on_kill=True,
         campaign_type="SMS",
         max_consecutive_errors=4,
+        last_read_at=1_899_999_700.25,
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == CLASSPATH
@@ -553,10 +641,20 @@ def test_serialize_round_trip():
         "stop_on_kill": True,
         "campaign_type": "sms",
         "max_consecutive_errors": 4,
+        "last_read_at": 1_899_999_700.25,
     }
     rebuilt = KoreCampaignStatusTrigger(**json.loads(json.dumps(kwargs)))
     assert rebuilt.serialize() == (classpath, kwargs)
     assert rebuilt.rule == trigger.rule
+    assert rebuilt.last_read_at == 1_899_999_700.25
+
+
+def test_kwargs_serialised_before_last_read_at_still_build_a_trigger():
+    _, kwargs = KoreCampaignStatusTrigger(VOICE, poll_interval=15, last_read_at=1_900_000_000).serialize()
+    del kwargs["last_read_at"]  # a trigger row written by an older release
+    old = KoreCampaignStatusTrigger(**kwargs)
+    assert old.last_read_at is None
+    assert old.serialize()[1]["last_read_at"] is None
 
 
 def test_serialize_resolves_default_failure_statuses():
@@ -565,6 +663,7 @@ def test_serialize_resolves_default_failure_statuses():
     assert kwargs["failure_statuses"] == ["Failed"]
     assert kwargs["kore_conn_id"] == "kore_default"
     assert kwargs["end_time"] is None
+    assert kwargs["last_read_at"] is None
     _, kwargs = KoreCampaignStatusTrigger(VOICE, target_statuses="Failed").serialize()
     assert kwargs["failure_statuses"] == []
     assert KoreCampaignStatusTrigger(**kwargs).serialize()[1] == kwargs
@@ -583,6 +682,8 @@ def test_the_classpath_imports_the_class():
         ({"poll_interval": 0}, "poll_interval"),
         ({"poll_interval": "30"}, "poll_interval"),
         ({"end_time": "tomorrow"}, "end_time"),
+        ({"last_read_at": "a second ago"}, "last_read_at"),
+        ({"last_read_at": True}, "last_read_at"),
         ({"campaign_type": "fax"}, "campaign_type"),
         ({"max_consecutive_errors": -1}, "max_consecutive_errors"),
         ({"max_consecutive_errors": 1.5}, "max_consecutive_errors"),

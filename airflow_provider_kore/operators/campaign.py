@@ -331,6 +331,7 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
                 end_time=None if timeout is None else time.time() + timeout,
                 stop_on_kill=self.stop_on_kill,
                 campaign_type=self.campaign_type,
+                last_read_at=time.time(),  # the start's answer just came: the trigger's first read comes later
             ),
             method_name="execute_complete",
             kwargs={"start_result": result},

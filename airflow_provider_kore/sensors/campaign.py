@@ -181,6 +181,7 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
                 poll_interval=float(self.poke_interval),
                 end_time=time.time() + float(self.timeout),
                 max_consecutive_errors=self.max_consecutive_errors,
+                last_read_at=time.time(),  # the first poke's read just ended: the trigger's first comes later
             ),
             method_name="execute_complete",
             kwargs={"campaign_id": watch.campaign_id},  # a campaign_name is not looked up again

@@ -55,6 +55,14 @@ EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
 COALESCE_FRACTION = 0.5
 #: ``on_kill`` returns within this many seconds (Airflow 3.3 gives it 30: ``[triggerer] on_kill_timeout``).
 STOP_DEADLINE = 25.0
+#: The first status read of a trigger started with ``last_read_at`` comes at least this many
+#: seconds after the trigger started (and one poll interval after the worker's read). Airflow's
+#: scheduler can fail a deferred task whose trigger fires within seconds of the deferral: the
+#: deferring process's "success" is taken in after the trigger's event re-queued the task
+#: ("finished with state success, but the task instance's state attribute is queued";
+#: apache/airflow#66374, #71580, #72716, open on 3.3). A first read at least about 6 s after the
+#: trigger started kept out of that window in every run tried (SQLite and PostgreSQL, CPUs loaded).
+MIN_FIRST_READ_DELAY = 6.0
 
 
 async def _sleep(seconds: float) -> None:
@@ -90,6 +98,11 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         never ends the wait while ``end_time`` allows: the connection pauses and probes, as for
         a 429, and the read is made again. A number: failed reads (after the client's own
         retries) tolerated in a row; one more ends the wait with an ``error`` event.
+    :param last_read_at: Epoch seconds of the status read the deferring task made in the worker.
+        The first read then comes one ``poll_interval`` after it, and not before
+        :data:`MIN_FIRST_READ_DELAY` seconds into this run of the trigger (or at ``end_time``,
+        if that comes first). ``None`` (a trigger serialised before this existed, or built
+        without a worker read): the first read is made at once.
     """
 
     def __init__(
@@ -104,6 +117,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         stop_on_kill: bool = False,
         campaign_type: str = "voice",
         max_consecutive_errors: int | None = None,
+        last_read_at: float | None = None,
     ) -> None:
         super().__init__()
         self.campaign_id = ids.validate_id("campaign_id", campaign_id)
@@ -124,6 +138,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise KoreConfigurationError(f"max_consecutive_errors must be None or an integer >= 0; got {limit!r}")
         self.max_consecutive_errors = limit
+        self.last_read_at = _number("last_read_at", last_read_at, positive=False) if last_read_at is not None else None
         self._lease: SharedClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -141,6 +156,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                 "stop_on_kill": self.stop_on_kill,
                 "campaign_type": self.campaign_type,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "last_read_at": self.last_read_at,
             },
         )
 
@@ -154,6 +170,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:
+        started_at = time.time()
         state = _Progress(self.campaign_id)
         secret: str | None = None
         self._lease = shared_client(self.kore_conn_id)
@@ -162,7 +179,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                 secret = client.config.client_secret
                 state.budget = client.pacing.budget
                 state.pauses_before = state.budget.pauses
-                return await self._poll(client, state)
+                return await self._poll(client, state, started_at)
         except asyncio.CancelledError:
             raise
         except KoreError as exc:  # e.g. an incomplete connection: nothing to retry
@@ -181,12 +198,12 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         finally:
             self._lease = None
 
-    async def _poll(self, client: KoreAsyncClient, state: _Progress) -> dict[str, Any]:
+    async def _poll(self, client: KoreAsyncClient, state: _Progress, started_at: float) -> dict[str, Any]:
         campaign = self.campaign_id
         errors = 0
         last_error = ""
         unknown_seen: set[str] = set()
-        last_read = False
+        last_read = await self._before_first_read(started_at)
         max_age = COALESCE_FRACTION * self.poll_interval
         counters = state.counters
         while True:
@@ -261,6 +278,31 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                     last_read = True
                     delay = remaining
             await _sleep(delay)
+
+    async def _before_first_read(self, started_at: float) -> bool:
+        """Sleep until the first read is due (see ``last_read_at``); True if it is the last one."""
+        due = self.first_read_due(started_at)
+        if due is None:
+            return False
+        last_read = False
+        if self.end_time is not None and self.end_time <= due:  # the first read is the last, at end_time
+            due, last_read = self.end_time, True
+        delay = due - time.time()
+        self.log.debug("Kore.ai campaign %s: first status read in %.1fs", self.campaign_id, delay)
+        if delay > 0:
+            await _sleep(delay)
+        return last_read
+
+    def first_read_due(self, started_at: float) -> float | None:
+        """Epoch seconds of the first read for a run started at ``started_at``, ignoring ``end_time``.
+
+        One poll interval after the worker's read, and never within :data:`MIN_FIRST_READ_DELAY`
+        of the start (Airflow's defer race). Each trigger counts from its own start: waits are
+        not held back to one shared moment. None without ``last_read_at``: read at once.
+        """
+        if self.last_read_at is None:
+            return None
+        return max(self.last_read_at + self.poll_interval, started_at + MIN_FIRST_READ_DELAY)
 
     def _timeout_message(self, state: _Progress, last_error: str) -> str:
         last = f"last status {state.status!r}" if state.status is not None else "no status read"
@@ -347,4 +389,4 @@ class _Progress:
         }
 
 
-__all__ = ["CLASSPATH", "COALESCE_FRACTION", "EVENT_STATUSES", "KoreCampaignStatusTrigger"]
+__all__ = ["CLASSPATH", "COALESCE_FRACTION", "EVENT_STATUSES", "MIN_FIRST_READ_DELAY", "KoreCampaignStatusTrigger"]
