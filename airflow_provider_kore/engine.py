@@ -116,6 +116,12 @@ class Decision:
     pacing: str | None = None
     retry_after: float | None = None
 
+    def final(self) -> dict[str, Any] | None:
+        """The result once ``done``; raises the error once ``fail`` / ``unknown``; None to go on."""
+        if self.action in ("fail", "unknown") and self.error is not None:
+            raise self.error
+        return self.result if self.action == "done" else None
+
 
 class Exchange:
     """One request's life: attempts, retries spent, token re-signs, and the decisions.

@@ -358,7 +358,7 @@ def bench_fleet(args: dict[str, Any]) -> dict[str, Any]:
         os.environ["AIRFLOW_CONN_KORE_FLEET"] = sim.conn_json_with(**extra)
         import aiohttp  # noqa: F401
 
-        from airflow_provider_kore.aio import shared_client
+        from airflow_provider_kore.shared import shared_client
         from airflow_provider_kore.triggers.campaign import KoreCampaignStatusTrigger
 
         arrived: dict[str, float] = {}

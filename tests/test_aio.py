@@ -15,7 +15,7 @@ import aiohttp
 import jwt
 import pytest
 
-from airflow_provider_kore import aio, api, engine, pacing
+from airflow_provider_kore import aio, api, engine, pacing, shared
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -63,7 +63,7 @@ def backoff(monkeypatch):
 
     monkeypatch.setattr(aio, "_sleep", fake_sleep)
     yield delays
-    aio.reset_shared_clients()
+    shared.reset_shared_clients()
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +106,7 @@ def call(coro_fn, conn_id=CONN_ID):
     """Run ``coro_fn(client)`` in a fresh loop with the shared client; return (result, client)."""
 
     async def main():
-        async with aio.shared_client(conn_id) as client:
+        async with shared.shared_client(conn_id) as client:
             return await coro_fn(client), client
 
     return asyncio.run(main())
@@ -116,7 +116,7 @@ def call_error(coro_fn, conn_id=CONN_ID):
     holder = {}
 
     async def main():
-        async with aio.shared_client(conn_id) as client:
+        async with shared.shared_client(conn_id) as client:
             holder["client"] = client
             await coro_fn(client)
 
@@ -591,7 +591,7 @@ def test_users_in_one_loop_share_one_client_lookup_session_and_token(sim, lookup
         clients = []
 
         async def one(n):
-            async with aio.shared_client(CONN_ID) as client:
+            async with shared.shared_client(CONN_ID) as client:
                 clients.append(client)
                 await client.get_campaign_status(VOICE if n % 2 else SMS)
                 return client.session
@@ -611,19 +611,19 @@ def test_users_in_one_loop_share_one_client_lookup_session_and_token(sim, lookup
     assert client.pacing.stats()["coalesced"] == 48
     assert sessions[0].closed
     assert client.closed
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_each_connection_id_gets_its_own_client(sim, monkeypatch):
     set_conn(monkeypatch, sim, conn_id="kore_other")
 
     async def main():
-        async with aio.shared_client(CONN_ID) as a, aio.shared_client("kore_other") as b:
-            async with aio.shared_client(CONN_ID) as a2:
+        async with shared.shared_client(CONN_ID) as a, shared.shared_client("kore_other") as b:
+            async with shared.shared_client(CONN_ID) as a2:
                 assert a2 is a
                 assert a.users == 2
             assert a.users == 1
-            assert len(aio.active_clients()) == 2
+            assert len(shared.active_clients()) == 2
             return a, b
 
     a, b = asyncio.run(main())
@@ -642,9 +642,9 @@ def test_each_event_loop_gets_its_own_client(sim):
 
 def test_session_closes_only_after_the_last_user(sim):
     async def main():
-        outer = aio.shared_client(CONN_ID)
+        outer = shared.shared_client(CONN_ID)
         client = await outer.__aenter__()
-        async with aio.shared_client(CONN_ID):
+        async with shared.shared_client(CONN_ID):
             pass
         assert not client.session.closed
         session = client.session
@@ -659,9 +659,9 @@ def test_session_closes_only_after_the_last_user(sim):
 
 def test_a_new_user_after_the_last_release_gets_a_fresh_client(sim, lookups):
     async def main():
-        async with aio.shared_client(CONN_ID) as first:
+        async with shared.shared_client(CONN_ID) as first:
             await first.get_campaign_status(VOICE)
-        async with aio.shared_client(CONN_ID) as second:
+        async with shared.shared_client(CONN_ID) as second:
             await second.get_campaign_status(VOICE)
         return first, second
 
@@ -675,13 +675,13 @@ def test_a_missing_connection_fails_every_waiter_with_one_lookup(sim, monkeypatc
 
     async def main():
         async def one():
-            async with aio.shared_client(CONN_ID):
+            async with shared.shared_client(CONN_ID):
                 pass
 
         results = await asyncio.gather(*(one() for _ in range(10)), return_exceptions=True)
-        assert aio.active_clients() == []
+        assert shared.active_clients() == []
         set_conn(monkeypatch, sim)  # fixed: the next user looks it up again
-        async with aio.shared_client(CONN_ID) as client:
+        async with shared.shared_client(CONN_ID) as client:
             await client.get_campaign_status(VOICE)
         return results
 
@@ -698,12 +698,12 @@ def test_an_incomplete_connection_is_a_configuration_error(monkeypatch):
     )
 
     async def main():
-        async with aio.shared_client(CONN_ID):
+        async with shared.shared_client(CONN_ID):
             pass
 
     with pytest.raises(KoreConfigurationError, match="account_id"):
         asyncio.run(main())
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_cancelling_a_holder_releases_and_closes(sim):
@@ -712,7 +712,7 @@ def test_cancelling_a_holder_releases_and_closes(sim):
         seen = {}
 
         async def holder():
-            async with aio.shared_client(CONN_ID) as client:
+            async with shared.shared_client(CONN_ID) as client:
                 seen["client"] = client
                 entered.set()
                 await asyncio.sleep(3600)
@@ -728,7 +728,7 @@ def test_cancelling_a_holder_releases_and_closes(sim):
     client = asyncio.run(main())
     assert client.users == 0
     assert client.closed
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_client_outside_shared_client_is_not_open():
@@ -759,7 +759,7 @@ def test_unreadable_ca_bundle_is_a_configuration_error(sim, monkeypatch, tmp_pat
     set_conn(monkeypatch, sim, verify=str(tmp_path / "missing.pem"))
 
     async def main():
-        async with aio.shared_client(CONN_ID):
+        async with shared.shared_client(CONN_ID):
             pass
 
     with pytest.raises(KoreConfigurationError, match="CA bundle"):

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_kore import aio, api, engine, pacing
+from airflow_provider_kore import aio, api, engine, pacing, shared
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -214,7 +214,7 @@ def fast(monkeypatch):
     pacing.reset_sync_pacers()
     yield sleep
     pacing.reset_sync_pacers()
-    aio.reset_shared_clients()
+    shared.reset_shared_clients()
 
 
 @pytest.fixture
@@ -235,7 +235,7 @@ def run_sync(scenario: Scenario, sleep) -> Any:
 
 def run_async(scenario: Scenario) -> Any:
     async def go() -> Any:
-        async with aio.shared_client(CONN_ID) as client:
+        async with shared.shared_client(CONN_ID) as client:
             if scenario.operation == "stop_campaign":
                 return await client.stop_campaign(VOICE, campaign_type="voice", deadline=time.time() + 600)
             return await client.get_campaign_status(VOICE)
@@ -280,7 +280,7 @@ def test_a_429_with_no_turn_before_the_deadline_is_a_rate_limit_error_in_both(si
         hook.get_campaign_status(VOICE)
 
     async def go() -> Any:
-        async with aio.shared_client(CONN_ID) as client:
+        async with shared.shared_client(CONN_ID) as client:
             return await client.get_campaign_status(VOICE, deadline=time.time() + 30)
 
     with pytest.raises(KoreRateLimitError) as async_error:

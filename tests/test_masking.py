@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from airflow_provider_kore import _compat, aio, config
+from airflow_provider_kore import _compat, config, shared
 from airflow_provider_kore.hooks.kore import KoreHook
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers import campaign as trigger_module
@@ -62,7 +62,7 @@ def test_reads_and_deferred_waits_register_the_secret_once_and_no_token(register
             return await asyncio.gather(*(one(c) for c in ids))
 
         events = asyncio.run(waits())
-        aio.reset_shared_clients()
+        shared.reset_shared_clients()
         tokens = {record.headers["auth"] for record in sim.requests}
 
     assert all(event["status"] == "success" for event in events)

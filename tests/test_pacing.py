@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_kore import aio, pacing
+from airflow_provider_kore import pacing, shared
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers.campaign import KoreCampaignStatusTrigger
 
@@ -733,7 +733,7 @@ def _fleet(conn_id: str, waits: list[tuple[float, str, float]]) -> dict[str, Any
     async def main() -> dict[str, Any]:
         started = time.monotonic()
         # Held like a triggerer would: the client (and its counters) outlive each wait.
-        async with aio.shared_client(conn_id) as client:
+        async with shared.shared_client(conn_id) as client:
             events = await asyncio.gather(*(one(*wait) for wait in waits))
             stats = client.pacing.stats()
         return {"events": events, "stats": stats, "elapsed": time.monotonic() - started}

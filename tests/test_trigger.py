@@ -12,7 +12,7 @@ import pytest
 from airflow.triggers.base import TriggerEvent
 from structlog.testing import capture_logs
 
-from airflow_provider_kore import aio, config, pacing
+from airflow_provider_kore import aio, config, pacing, shared
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.testing import KoreSimulator
@@ -67,7 +67,7 @@ def sleeps(monkeypatch):
     # Backoff moves the pacing clock too, so a deadline (end_time, on_kill's) comes.
     monkeypatch.setattr(pacing, "clock", lambda: real_clock() + sum(waits["pacing"]) + sum(waits["backoff"]))
     yield waits
-    aio.reset_shared_clients()
+    shared.reset_shared_clients()
 
 
 class TriggerLogs:
@@ -115,7 +115,7 @@ def run(trigger):
     payload = events[0].payload
     assert set(payload) == EVENT_KEYS
     assert set(payload["counters"]) == COUNTER_KEYS
-    assert aio.active_clients() == []  # released before the event was handed over
+    assert shared.active_clients() == []  # released before the event was handed over
     return payload
 
 
@@ -608,7 +608,7 @@ def test_many_triggers_share_one_lookup_session_and_token(sim, monkeypatch):
     assert sessions[0].closed
     assert len({r.headers["auth"] for r in sim.requests}) == 1
     assert sim.count("get_campaign_status", status_code=200) == 400
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 # -- serialisation and validation -------------------------------------------------------------
@@ -712,7 +712,7 @@ def test_on_kill_stops_the_campaign_with_stop_on_kill(sim, trigger_logs):
     assert trigger_logs.messages("info") == [
         "Stopped Kore.ai campaign cd-voice-renewal-0001 after the task was killed: Campaign Stopped"
     ]
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_on_kill_retries_a_refused_stop_within_its_deadline(sim, sleeps):
@@ -731,7 +731,7 @@ def test_on_kill_gives_up_within_25_seconds(sim, sleeps, trigger_logs):
     assert sum(sleeps["backoff"]) + sum(sleeps["pacing"]) <= 25
     (warning,) = trigger_logs.messages("warning")
     assert "Could not stop Kore.ai campaign cd-voice-renewal-0001" in warning
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_on_kill_does_not_wait_behind_a_rate_limit_pause(sim, sleeps):
@@ -739,7 +739,7 @@ def test_on_kill_does_not_wait_behind_a_rate_limit_pause(sim, sleeps):
     trigger = make(stop_on_kill=True, end_time=time.time() + 5.0)
 
     async def main():
-        async with aio.shared_client(CONN_ID):  # keeps the paused client alive for on_kill
+        async with shared.shared_client(CONN_ID):  # keeps the paused client alive for on_kill
             (payload,) = [event.payload async for event in trigger.run()]
             waited = sum(sleeps["pacing"])
             await trigger.on_kill()
@@ -763,7 +763,7 @@ def test_on_kill_logs_and_swallows_a_failed_stop(sim, trigger_logs):
     (warning,) = trigger_logs.messages("warning")
     assert "Could not stop Kore.ai campaign cd-voice-renewal-0001" in warning
     assert "Campaign is not active" in warning
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 def test_cancellation_propagates_and_releases_the_client_then_on_kill_stops(sim):
@@ -782,12 +782,12 @@ def test_cancellation_propagates_and_releases_the_client_then_on_kill_stops(sim)
             if sim.count("get_campaign_status") >= 2:
                 break
             await asyncio.sleep(0.01)
-        (client,) = aio.active_clients()
+        (client,) = shared.active_clients()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0)  # the shielded session close
-        assert aio.active_clients() == []
+        assert shared.active_clients() == []
         assert client.closed
         await trigger.cleanup()  # the triggerer calls it too: nothing left to release
         await trigger.on_kill()  # Airflow 3.3: the user killed the task
@@ -795,7 +795,7 @@ def test_cancellation_propagates_and_releases_the_client_then_on_kill_stops(sim)
 
     assert asyncio.run(main()) == []
     assert sim.status_of("cd-long") == "Stopped"
-    assert aio.active_clients() == []
+    assert shared.active_clients() == []
 
 
 # -- nothing blocks the triggerer's loop on the supervisor --------------------------------------

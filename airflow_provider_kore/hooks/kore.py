@@ -464,19 +464,12 @@ class KoreHook(BaseHook):
                 what = network_failure(exc)
             decision = exchange.decide(what, pacing.clock())
             pacer.record(decision.pacing, sent_at, decision.retry_after)
-            if decision.action == "done":
-                assert decision.result is not None
-                return decision.result
-            if decision.action in ("fail", "unknown"):
-                assert decision.error is not None
-                raise decision.error
+            if (result := decision.final()) is not None:
+                return result
             if decision.action == "resign":
                 self.signer.invalidate(token)
             elif decision.action == "reload":
-                decision = exchange.reloaded(self._reload())
-                if decision.action == "fail":
-                    assert decision.error is not None
-                    raise decision.error
+                exchange.reloaded(self._reload()).final()
             elif decision.action == "retry":
                 self.log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
                 self._sleep(decision.delay)

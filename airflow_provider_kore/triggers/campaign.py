@@ -35,8 +35,9 @@ from typing import Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_kore import ids, pacing
-from airflow_provider_kore.aio import KoreAsyncClient, SharedClient, WaitCounters, shared_client
+from airflow_provider_kore.aio import KoreAsyncClient, WaitCounters
 from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
+from airflow_provider_kore.shared import SharedClient, shared_client
 from airflow_provider_kore.status import StatusRule, is_known
 
 #: What ``serialize()`` names; the triggerer imports the class from it.
