@@ -296,26 +296,17 @@ class _Pacer:
         with self._lock:
             return self.budget.stats()
 
-    def record_answer(self, sent_at: float) -> None:
+    def record(self, event: str | None, sent_at: float, retry_after: float | None = None) -> bool:
+        """Record what the engine's decision names (``answer``, ``rate_limited``, ``unavailable``);
+        True if that starts a pause."""
         with self._lock:
-            self.budget.record_answer(sent_at, clock())
-
-    def record_rate_limited(self, sent_at: float, retry_after: float | None = None) -> bool:
-        with self._lock:
-            return self.budget.record_rate_limited(sent_at, clock(), retry_after)
-
-    def record_unavailable(self, sent_at: float) -> bool:
-        with self._lock:
-            return self.budget.record_unavailable(sent_at, clock())
-
-    def record(self, event: str | None, sent_at: float, retry_after: float | None = None) -> None:
-        """What the engine's decision says to record: ``answer``, ``rate_limited``, ``unavailable``."""
-        if event == "answer":
-            self.record_answer(sent_at)
-        elif event == "rate_limited":
-            self.record_rate_limited(sent_at, retry_after)
-        elif event == "unavailable":
-            self.record_unavailable(sent_at)
+            if event == "rate_limited":
+                return self.budget.record_rate_limited(sent_at, clock(), retry_after)
+            if event == "unavailable":
+                return self.budget.record_unavailable(sent_at, clock())
+            if event == "answer":
+                self.budget.record_answer(sent_at, clock())
+            return False
 
 
 class AsyncPacer(_Pacer):
@@ -384,6 +375,8 @@ class SyncPacer(_Pacer):
                     return now
                 if deadline is not None and at > deadline:
                     raise BudgetExhausted(at, self.budget.blocked_by(now))
+                why = self.budget.blocked_by(now)  # "rate limit" or "unavailable": a worker keeps no budget
+            log.info("Kore connection %s: waiting %.1f s for Kore.ai (%s)", self.budget.conn_id, at - now, why)
             sleep(at - now)
 
     def acquire_priority(self) -> float:

@@ -412,7 +412,7 @@ def test_a_priority_send_skips_the_line_the_budget_and_the_pause(clock, monkeypa
             clock.sleep(seconds)
 
         monkeypatch.setattr(pacing, "_sleep", held_sleep)
-        pacer.record_rate_limited(await pacer.acquire())
+        pacer.record("rate_limited", await pacer.acquire())
         line = [asyncio.ensure_future(pacer.acquire()) for _ in range(3)]
         await asyncio.sleep(0)
         stop = await pacer.acquire(deadline=clock.now, priority=True)
@@ -475,7 +475,7 @@ def test_an_outage_blocks_an_async_deadline_as_unavailable(clock):
     pacer = pacing.AsyncPacer(pacing.Budget("kore_default"))
 
     async def main():
-        pacer.record_unavailable(await pacer.acquire())
+        pacer.record("unavailable", await pacer.acquire())
         with pytest.raises(pacing.BudgetExhausted) as info:
             await pacer.acquire(deadline=clock.now + 0.5)
         return info.value.reason
@@ -572,21 +572,24 @@ def test_a_cancelled_wait_does_not_block_the_line(clock):
     assert budget.requests == 3
 
 
-def test_sync_pacer_waits_out_a_lone_429_and_nothing_more(monkeypatch):
+def test_sync_pacer_waits_out_a_lone_429_and_nothing_more(monkeypatch, caplog):
     # A worker's pacer serves one task: after a 429 with Retry-After: 2 the hook waits 2 s, and
     # its later calls are not spaced out (a learned rate used to space them 6 s apart).
+    caplog.set_level(logging.INFO, logger="airflow_provider_kore.pacing")
     fake = FakeClock()
     monkeypatch.setattr(pacing, "clock", fake)
     pacer = pacing.SyncPacer("kore_default")
     sent_at = pacer.acquire(sleep=fake.sleep)
-    assert pacer.record_rate_limited(sent_at, retry_after=2.0) is True
+    assert pacer.record("rate_limited", sent_at, retry_after=2.0) is True
     for _ in range(10):
-        pacer.record_answer(pacer.acquire(deadline=fake.now + 60, sleep=fake.sleep))
+        pacer.record("answer", pacer.acquire(deadline=fake.now + 60, sleep=fake.sleep))
         fake.now += 0.1  # the answer's latency
     assert fake.slept == [pytest.approx(2.0)]
+    # The task log says what it waits on.
+    assert "kore_default: waiting 2.0 s for Kore.ai (rate limit)" in caplog.text
     # A 429 right after one backs off as usual, never shorter than Retry-After.
-    pacer.record_rate_limited(pacer.acquire(sleep=fake.sleep), retry_after=2.0)
-    pacer.record_rate_limited(pacer.acquire(sleep=fake.sleep), retry_after=1.0)
+    pacer.record("rate_limited", pacer.acquire(sleep=fake.sleep), retry_after=2.0)
+    pacer.record("rate_limited", pacer.acquire(sleep=fake.sleep), retry_after=1.0)
     assert fake.slept[-1] >= 1.0
     assert pacer.budget.learned_rate is None
     assert pacer.budget.gap == 0
@@ -600,13 +603,13 @@ def test_sync_pacer_deadline_outage_and_process_wide_registry(monkeypatch):
         pacer = pacing.sync_pacer("kore_x")
         assert pacing.sync_pacer("kore_x") is pacer
         assert pacing.sync_pacer("kore_y") is not pacer
-        assert pacer.record_unavailable(pacer.acquire(sleep=fake.sleep)) is True
+        assert pacer.record("unavailable", pacer.acquire(sleep=fake.sleep)) is True
         with pytest.raises(pacing.BudgetExhausted) as info:
             pacer.acquire(deadline=fake.now + 0.5, sleep=fake.sleep)
         assert info.value.reason == "unavailable"
         probe = pacer.acquire(sleep=fake.sleep)
         assert fake.now - 10_000 >= pacing.OUTAGE_PAUSE_BASE
-        pacer.record_answer(probe)
+        pacer.record("answer", probe)
         assert pacer.acquire(sleep=fake.sleep) == fake.now  # the outage is over: no more waiting
         assert pacer.stats()["unavailable"] == 1
     finally:
@@ -616,9 +619,9 @@ def test_sync_pacer_deadline_outage_and_process_wide_registry(monkeypatch):
 def _stop_path(pacer: pacing.SyncPacer) -> list[str]:
     """What a worker's on_kill does: a priority send, then its answer recorded."""
     sent_at = pacer.acquire_priority()
-    pacer.record_answer(sent_at)
-    pacer.record_rate_limited(sent_at - 100, retry_after=0.0)  # every recorder takes the lock
-    pacer.record_unavailable(sent_at - 100)
+    pacer.record("answer", sent_at)
+    pacer.record("rate_limited", sent_at - 100, retry_after=0.0)  # every recorder takes the lock
+    pacer.record("unavailable", sent_at - 100)
     return ["stopped"]
 
 
@@ -646,7 +649,7 @@ def test_the_sync_stop_path_never_blocks_on_the_waiting_path(monkeypatch):
 @pytest.mark.skipif(not hasattr(signal, "SIGALRM"), reason="POSIX signals")
 def test_a_real_sigterm_like_handler_can_stop_while_acquire_holds_the_lock(monkeypatch):
     pacer = pacing.SyncPacer("kore_default")
-    pacer.record_rate_limited(pacer.acquire(), retry_after=0.05)  # the main thread will wait
+    pacer.record("rate_limited", pacer.acquire(), retry_after=0.05)  # the main thread will wait
     done: list[str] = []
     fired = threading.Event()
 
