@@ -1,9 +1,6 @@
-"""What the start operator and the status sensor share about waiting on a campaign.
-
-Below both (operators never import the sensor module; the trigger imports neither): argument
-checks that tell a template from a value, :class:`CampaignStatusWatch` (one status read turned
-into a verdict) and :func:`check_trigger_event` (the fail-closed reading of the trigger's event).
-Only cheap modules are imported here: DAG files import this through the operators.
+"""What the operators and the status sensor share: argument checks that tell a template from a
+value, one status read judged (:class:`CampaignStatusWatch`), the hand-over to the trigger and
+the fail-closed reading of its event. Only cheap modules are imported: DAG files import this.
 """
 
 from __future__ import annotations
@@ -12,7 +9,7 @@ import logging
 import time
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow_provider_kore import ids
 from airflow_provider_kore.exceptions import (
@@ -25,6 +22,7 @@ from airflow_provider_kore.exceptions import (
 from airflow_provider_kore.status import StatusRule, Verdict, is_known
 
 if TYPE_CHECKING:
+    from airflow_provider_kore._compat import BaseOperator
     from airflow_provider_kore.hooks.kore import KoreHook
 
 #: Extra seconds on Airflow's own deferral timeout, so the trigger's timeout event (which names
@@ -32,10 +30,6 @@ if TYPE_CHECKING:
 DEFER_TIMEOUT_MARGIN = 60.0
 #: A poke waits at most this long past its ``poke_interval`` for Kore (a 429 pause, an outage).
 POKE_GRACE = 15.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Shared by the sensor and the operators.
 
 
 def is_template(value: object) -> bool:
@@ -53,11 +47,6 @@ def validate_id_unless_template(name: str, value: object, *, optional: bool = Fa
     if (value is None and optional) or is_template(value):
         return
     ids.validate_id(name, value)
-
-
-def rendered_id(name: str, value: object) -> str:
-    """The id after rendering, validated (a template that rendered to garbage is refused here)."""
-    return ids.validate_id(name, value)
 
 
 def rendered_optional_id(name: str, value: object) -> str | None:
@@ -97,19 +86,24 @@ def max_errors(value: object) -> int | None:
     return value
 
 
+def _campaign_name(value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {value!r}")
+    return value
+
+
 def check_campaign_choice(campaign_id: object, campaign_name: object, campaign_type: object) -> None:
     """Exactly one of ``campaign_id`` / ``campaign_name`` (with a ``campaign_type``); each checked unless templated."""
     if (campaign_id is None) == (campaign_name is None):
         raise KoreConfigurationError("pass exactly one of campaign_id= or campaign_name=")
     if campaign_id is not None:
-        if not is_template(campaign_id):
-            ids.validate_id("campaign_id", campaign_id)
+        validate_id_unless_template("campaign_id", campaign_id)
         return
     if campaign_type is None:
         raise KoreConfigurationError("campaign_name= needs campaign_type= ('sms' or 'voice')")
     ids.validate_campaign_type(campaign_type)
-    if not is_template(campaign_name) and (not isinstance(campaign_name, str) or not campaign_name.strip()):
-        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {campaign_name!r}")
+    if not is_template(campaign_name):
+        _campaign_name(campaign_name)
 
 
 def campaign_id_for(
@@ -123,9 +117,9 @@ def campaign_id_for(
     """The (rendered) id, or the id of the one campaign with the (rendered) name."""
     if campaign_id is not None:
         return ids.validate_id("campaign_id", campaign_id)
-    if not isinstance(campaign_name, str) or not campaign_name.strip():
-        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {campaign_name!r}")
-    found = hook.find_campaign(campaign_name, ids.validate_campaign_type(campaign_type), stream_id=stream_id)
+    found = hook.find_campaign(
+        _campaign_name(campaign_name), ids.validate_campaign_type(campaign_type), stream_id=stream_id
+    )
     log.info("Kore.ai %s campaign %r is %s", campaign_type, campaign_name, found)
     return found
 
@@ -137,8 +131,7 @@ class CampaignStatusWatch:
     :param rule: Which statuses end the wait well, and which badly.
     :param stream_id: The bot (stream) id; None uses the connection's.
     :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is
-        "not yet" for as long as the wait's time allows. A number: one more failure in a row
-        than this is raised.
+        "not yet". A number: one more transient failure in a row than this is raised.
     :param log: Where progress is logged.
     """
 
@@ -162,14 +155,10 @@ class CampaignStatusWatch:
         self._unknown_seen: set[str] = set()
 
     def check(self, hook: KoreHook, *, deadline: float | None = None) -> tuple[Verdict, dict[str, Any] | None]:
-        """Read the status once: ``("success", data)``, ``("waiting", data or None)``, or raise.
+        """Read the status once: ``("success", data)``, ``("waiting", data or None)``, or raise
+        :class:`KoreCampaignStatusError` on a failure status and a non-transient :class:`KoreError`.
 
-        :param deadline: Epoch seconds by which the read gives up (waiting for its turn or
-            retrying); a read that runs out of time is "not yet".
-
-        Raises :class:`KoreCampaignStatusError` on a failure status (or a terminal status that is
-        not a target), a non-transient :class:`KoreError` at once, and a transient one only past
-        ``max_consecutive_errors``.
+        :param deadline: Epoch seconds by which the read gives up; running out of time is "not yet".
         """
         self.polls += 1
         try:
@@ -209,16 +198,57 @@ class CampaignStatusWatch:
         return verdict, data
 
 
+def defer_wait(
+    task: BaseOperator,
+    *,
+    kore_conn_id: str,
+    campaign_id: str,
+    rule: StatusRule,
+    stream_id: str | None,
+    poll_interval: float,
+    timeout: float | None,
+    kwargs: dict[str, Any],
+    **trigger_args: Any,
+) -> NoReturn:
+    """Hand the wait to :class:`~airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger`
+    (resuming in ``execute_complete`` with ``kwargs``); called right after the task's own read."""
+    from airflow_provider_kore.triggers.campaign import KoreCampaignStatusTrigger
+
+    task.log.info(
+        "Deferring the wait on Kore.ai campaign %s (poll every %gs, timeout %s)",
+        campaign_id,
+        poll_interval,
+        "none" if timeout is None else f"{timeout:g}s",
+    )
+    now = time.time()
+    task.defer(
+        trigger=KoreCampaignStatusTrigger(
+            campaign_id=campaign_id,
+            kore_conn_id=kore_conn_id,
+            target_statuses=tuple(rule.target_statuses),
+            failure_statuses=tuple(rule.failure_statuses),
+            stream_id=stream_id,
+            poll_interval=poll_interval,
+            end_time=None if timeout is None else now + timeout,
+            last_read_at=now,  # the trigger's first read comes one interval after the task's
+            **trigger_args,
+        ),
+        method_name="execute_complete",
+        kwargs=kwargs,
+        # Longer than the trigger's own limit, so its timeout event (which can stop the campaign) wins.
+        timeout=None if timeout is None else timedelta(seconds=timeout + poll_interval + DEFER_TIMEOUT_MARGIN),
+    )
+
+
 _EVENT_KINDS = ("success", "failure", "timeout", "error")
 
 
 def check_trigger_event(event: object, campaign_id: str, rule: StatusRule | None = None) -> dict[str, Any]:
     """Return the trigger's event if it reports success; raise for anything else (fail closed).
 
-    ``failure`` raises :class:`KoreCampaignStatusError`, ``timeout`` raises
-    :class:`KoreCampaignTimeoutError` (an ``AirflowSensorTimeout``), ``error`` raises
-    :class:`KoreError`; a missing event, an unknown kind, an event for another campaign, or a
-    "success" whose status is not a target under ``rule`` raises :class:`KoreError` too.
+    ``failure`` raises :class:`KoreCampaignStatusError`, ``timeout``
+    :class:`KoreCampaignTimeoutError` (an ``AirflowSensorTimeout``); ``error``, a missing or
+    unknown event, one for another campaign or a "success" in a non-target status :class:`KoreError`.
     """
     where = f"Kore.ai campaign {campaign_id!r}"
     if not isinstance(event, Mapping):

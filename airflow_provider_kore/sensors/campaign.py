@@ -1,16 +1,14 @@
 """``KoreCampaignStatusSensor``: wait until a Kore.ai campaign reaches a status.
 
-The waiting logic it shares with the start operator lives in :mod:`airflow_provider_kore.waiting`;
-the hook and the trigger are imported when a task runs, so DAG files stay cheap to parse.
+The hook and the trigger are imported when a task runs, so DAG files stay cheap to parse.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import PokeReturnValue
 
@@ -24,15 +22,14 @@ from airflow_provider_kore._compat import (
 )
 from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule
 from airflow_provider_kore.waiting import (
-    DEFER_TIMEOUT_MARGIN,
     POKE_GRACE,
     CampaignStatusWatch,
     campaign_id_for,
     check_campaign_choice,
     check_trigger_event,
+    defer_wait,
     max_errors,
     positive_seconds,
-    rendered_id,
     rendered_optional_id,
     status_rule_unless_template,
     validate_id_unless_template,
@@ -47,16 +44,12 @@ if TYPE_CHECKING:
 class KoreCampaignStatusSensor(BaseSensorOperator):
     """Wait until a Kore.ai campaign reaches one of ``target_statuses``.
 
-    Each poke reads the campaign's status. A target status ends the wait (the status data
-    ``{"id", "status", "name"}`` becomes the XCom value); a failure status, or a terminal status
-    that is not a target (a ``Stopped`` campaign while waiting for ``Completed``), fails the task
-    at once without retries; any other status, including one this provider does not know, is
-    waited on, and so is a transient API failure: a poke never holds the worker past its
-    ``poke_interval`` plus :data:`~airflow_provider_kore.waiting.POKE_GRACE` seconds.
-
-    With ``deferrable=True`` the sensor pokes once in the worker (a campaign already done never
-    defers) and otherwise hands the wait to :class:`~airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger`
-    in the triggerer, polling every ``poke_interval`` seconds until ``timeout``.
+    A target status ends the wait (the status data ``{"id", "status", "name"}`` is the XCom
+    value); a failure status, or a terminal non-target one (``Stopped`` while waiting for
+    ``Completed``), fails the task without retries; any other status, and a transient API
+    failure, is waited on. A poke holds the worker at most ``poke_interval`` plus
+    :data:`~airflow_provider_kore.waiting.POKE_GRACE` seconds. Deferrable, it pokes once in the
+    worker, then hands the wait to the triggerer.
 
     :param campaign_id: The campaign to watch (templated). Or:
     :param campaign_name: The campaign's exact name (templated), looked up when the task runs; with
@@ -69,14 +62,12 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     :param kore_conn_id: The ``kore`` connection. Default ``kore_default``.
     :param deferrable: Wait in the triggerer instead of a worker slot. None (default) follows
         ``[operators] default_deferrable``.
-    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network, a
-        Kore.ai outage) is "not yet" for as long as ``timeout`` allows. A number: fail the task
-        after that many failed reads in a row (in ``reschedule`` mode the count restarts at each
-        reschedule; deferred, it counts failed reads in the triggerer).
+    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is
+        "not yet" while ``timeout`` allows. A number: fail after one more failed read in a row
+        (the count restarts at each ``reschedule``; deferred, the triggerer counts).
 
-    Every ``BaseSensorOperator`` argument applies: ``poke_interval`` (seconds between reads,
-    must be positive), ``timeout`` (seconds in all; a timeout fails without retry, or skips
-    with ``soft_fail=True``), ``mode``, ``soft_fail``...
+    ``BaseSensorOperator``'s arguments apply: ``poke_interval`` (positive), ``timeout`` (a
+    timeout fails without retry, or skips with ``soft_fail=True``), ``mode``...
     """
 
     template_fields: Sequence[str] = (
@@ -159,42 +150,22 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
             raise
         if isinstance(done, PokeReturnValue) and done:
             return done.xcom_value
-        self._defer()
-
-    def _defer(self) -> NoReturn:
-        from airflow_provider_kore.triggers.campaign import KoreCampaignStatusTrigger
-
         watch = self._watch
-        self.log.info(
-            "Deferring the wait on Kore.ai campaign %s (poll every %gs, timeout %gs)",
-            watch.campaign_id,
-            self.poke_interval,
-            self.timeout,
-        )
-        self.defer(
-            trigger=KoreCampaignStatusTrigger(
-                campaign_id=watch.campaign_id,
-                kore_conn_id=self.kore_conn_id,
-                target_statuses=tuple(watch.rule.target_statuses),
-                failure_statuses=tuple(watch.rule.failure_statuses),
-                stream_id=watch.stream_id,
-                poll_interval=float(self.poke_interval),
-                end_time=time.time() + float(self.timeout),
-                max_consecutive_errors=self.max_consecutive_errors,
-                last_read_at=time.time(),  # the first poke's read just ended: the trigger's first comes later
-            ),
-            method_name="execute_complete",
+        defer_wait(
+            self,
+            kore_conn_id=self.kore_conn_id,
+            campaign_id=watch.campaign_id,
+            rule=watch.rule,
+            stream_id=watch.stream_id,
+            poll_interval=float(self.poke_interval),
+            timeout=float(self.timeout),
             kwargs={"campaign_id": watch.campaign_id},  # a campaign_name is not looked up again
-            timeout=timedelta(seconds=float(self.timeout) + float(self.poke_interval) + DEFER_TIMEOUT_MARGIN),
+            max_consecutive_errors=self.max_consecutive_errors,
         )
 
     def execute_complete(self, context: Context, event: Any = None, campaign_id: str | None = None) -> dict[str, Any]:
-        """Resume after the trigger: the status data on success; raise on anything else (fail closed).
-
-        A timeout raises :class:`~airflow_provider_kore.exceptions.KoreCampaignTimeoutError`, an
-        ``AirflowSensorTimeout``: the task fails without retry, or is skipped with ``soft_fail``.
-        """
-        campaign_id = rendered_id("campaign_id", campaign_id or self.campaign_id)
+        """Resume after the trigger: the status data on success; raise on anything else (fail closed)."""
+        campaign_id = ids.validate_id("campaign_id", campaign_id or self.campaign_id)
         rule = StatusRule.build(self.target_statuses, self.failure_statuses)
         payload = check_trigger_event(event, campaign_id, rule)
         data = payload.get("data")
