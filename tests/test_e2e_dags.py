@@ -675,12 +675,12 @@ def test_wrong_secret_fails_with_a_clear_auth_error(runs: E2ERuns) -> None:
     tries = outcome.tasks["start_sms_campaign"][1]
     assert tries == PIPELINE_RETRIES + 1, outcome.describe()
     assert {r.status_code for r in outcome.records()} == {401}
-    # Each call is sent once more with a freshly signed token (the hook's policy), then given up.
-    # Try 1 sends the start; a retry try first reads the campaign (never starting it twice), and
-    # that read is refused the same way.
+    # Each call is sent once more with a freshly signed token (the engine's rule), then given up
+    # after the connection is read again and found unchanged. Try 1 sends the start; a retry try
+    # first reads the campaign's status (never starting it twice), refused the same way.
     assert len(outcome.records("start_campaign")) == 2, outcome.describe()
-    assert len(outcome.records("get_campaign")) == 2 * (tries - 1), outcome.describe()
-    assert not outcome.records("get_campaign_status")
+    assert len(outcome.records("get_campaign_status")) == 2 * (tries - 1), outcome.describe()
+    assert not outcome.records("get_campaign")
     assert not outcome.records("stop_campaign")
     assert "KoreAuthError" in outcome.output
     assert "401" in outcome.output
