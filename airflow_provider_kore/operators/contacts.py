@@ -1,9 +1,7 @@
-"""``KoreLoadContactsOperator``: tonight's call list (a CSV / JSON Lines file, or a list) into a Kore.ai contact list.
+"""``KoreLoadContactsOperator``: a call list (a CSV / JSON Lines file, or a list) into a Kore.ai contact list.
 
-The file is read twice, never held: a first pass checks every row (nothing is sent if one is
-bad, unless ``on_bad_rows="skip"``), a second one streams the good rows to
-:meth:`~airflow_provider_kore.hooks.kore.KoreHook.add_contacts` in batches. The hook, the API
-module and ``ObjectStoragePath`` are imported when the task runs, not when the DAG is parsed.
+The file is streamed twice, never held: once to check every row, once to send the good ones.
+The hook, the API module and ``ObjectStoragePath`` are imported when the task runs.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_kore import ids
 from airflow_provider_kore._compat import BaseOperator
 from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError
-from airflow_provider_kore.waiting import is_template
+from airflow_provider_kore.waiting import is_template, rendered_optional_id, validate_id_unless_template
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -35,12 +33,24 @@ _KEY_NOISE = re.compile(r"[\s_-]")
 Rows = Callable[[], Iterator[tuple[str, object]]]
 
 
+def file_uri(name: str, value: object) -> str:
+    """A non-empty string (what ``ObjectStoragePath`` makes of it is seen when the task runs)."""
+    if not isinstance(value, str) or not value.strip():
+        raise KoreConfigurationError(f"{name} must be a file URI; got {value!r}")
+    return value
+
+
+def given_format(name: str, value: str) -> str:
+    """``value`` if it is one of :data:`FORMATS` (shared with the results export)."""
+    if value not in FORMATS:
+        raise KoreConfigurationError(f"{name} must be one of {', '.join(FORMATS)}; got {value!r}")
+    return value
+
+
 def format_of(source: str, source_format: str | None) -> str:
     """``"csv"`` or ``"jsonl"``: as given, else from the file's extension."""
     if source_format is not None:
-        if source_format not in FORMATS:
-            raise KoreConfigurationError(f"source_format must be one of {', '.join(FORMATS)}; got {source_format!r}")
-        return source_format
+        return given_format("source_format", source_format)
     suffix = "." + source.rsplit(".", 1)[-1].lower() if "." in source.rsplit("/", 1)[-1] else ""
     if suffix not in _FORMAT_BY_SUFFIX:
         raise KoreConfigurationError(f"cannot tell the format of {source!r} from its extension: pass source_format=")
@@ -50,14 +60,14 @@ def format_of(source: str, source_format: str | None) -> str:
 class KoreLoadContactsOperator(BaseOperator):
     """Load contacts into a Kore.ai contact list, optionally creating the list first.
 
-    Each row needs a usable phone number (``phoneNumber``; 5 to 15 digits, optionally after a
-    ``+``; spaces, dots, dashes and brackets are dropped). Columns or keys ``firstName``,
-    ``lastName``, ``timeZone``, ``uniqueId`` and ``contactPriority`` are sent too (matched
-    ignoring case, spaces, ``_`` and ``-``: ``phone_number`` works); others are ignored.
+    Each row needs a usable ``phoneNumber`` (5 to 15 digits, optionally after a ``+``; spaces,
+    dots, dashes and brackets are dropped); ``firstName``, ``lastName``, ``timeZone``,
+    ``uniqueId`` and ``contactPriority`` are sent too, others ignored (names match ignoring case,
+    spaces, ``_`` and ``-``: ``phone_number`` works).
 
-    Adding contacts is not idempotent: a retry of this task sends every row again (a list with
-    ``allow_duplicates=False`` drops the repeats). The XCom value is ``{"contact_list_name",
-    "source", "rows", "sent", "skipped", "created_list", "contact_list_id"}``.
+    Not idempotent: a retry sends every row again (``allow_duplicates=False`` drops repeats).
+    The XCom value is ``{"contact_list_name", "source", "rows", "sent", "skipped",
+    "created_list", "contact_list_id"}``.
 
     :param contact_list_name: The contact list (templated); at most 48 characters.
     :param source: An ``ObjectStoragePath`` URI (templated): ``file:///...``, ``s3://...`` (with
@@ -117,13 +127,10 @@ class KoreLoadContactsOperator(BaseOperator):
         if description is not None and not is_template(description):
             ids.validate_text("description", description, ids.MAX_LIST_DESCRIPTION_LENGTH)
         if source is not None and not is_template(source):
-            if not isinstance(source, str) or not source.strip():
-                raise KoreConfigurationError(f"source must be a file URI; got {source!r}")
-            format_of(source, source_format)
+            format_of(file_uri("source", source), source_format)
         elif source_format is not None:
-            format_of("", source_format)
-        if stream_id is not None and not is_template(stream_id):
-            ids.validate_id("stream_id", stream_id)
+            given_format("source_format", source_format)
+        validate_id_unless_template("stream_id", stream_id, optional=True)
 
     @cached_property
     def hook(self) -> KoreHook:
@@ -137,7 +144,7 @@ class KoreLoadContactsOperator(BaseOperator):
         from airflow_provider_kore import api
 
         name = ids.validate_text("contact_list_name", self.contact_list_name, ids.MAX_LIST_NAME_LENGTH)
-        stream_id = None if self.stream_id is None else ids.validate_id("stream_id", self.stream_id)
+        stream_id = rendered_optional_id("stream_id", self.stream_id)
         rows, where = self._rows()
         fields = {_KEY_NOISE.sub("", field).lower(): field for field in api.CONTACT_FIELDS}
 
@@ -208,11 +215,9 @@ class KoreLoadContactsOperator(BaseOperator):
                     "text: pass an XComArg such as task.output, or set render_template_as_native_obj=True)"
                 )
             return (lambda: ((f"item {n}", row) for n, row in enumerate(contacts, start=1))), "contacts"
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise KoreConfigurationError(f"source must be a file URI; got {self.source!r}")
         from airflow_provider_kore._compat import object_storage_path
 
-        fmt = format_of(self.source, self.source_format)
+        fmt = format_of(file_uri("source", self.source), self.source_format)
         path = object_storage_path(self.source)
         return (lambda: _read(path, fmt)), str(path)
 

@@ -1,8 +1,6 @@
 """``KoreExportCampaignResultsOperator``: every contact's outcome of a campaign, into a CSV or JSON Lines file.
 
-Streams page by page (100 contacts a request) into a temporary file next to the destination,
-then moves it into place: a reader never sees a half-written file. The hook and
-``ObjectStoragePath`` are imported when the task runs, not when the DAG is parsed.
+The hook and ``ObjectStoragePath`` are imported when the task runs, not when the DAG is parsed.
 """
 
 from __future__ import annotations
@@ -18,8 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import ids
 from airflow_provider_kore._compat import BaseOperator
-from airflow_provider_kore.exceptions import KoreConfigurationError
-from airflow_provider_kore.waiting import campaign_id_for, check_campaign_choice, is_template
+from airflow_provider_kore.operators.contacts import file_uri, given_format
+from airflow_provider_kore.waiting import (
+    campaign_id_for,
+    check_campaign_choice,
+    is_template,
+    rendered_optional_id,
+    validate_id_unless_template,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -37,7 +41,6 @@ RESULT_FIELDS = (
     "botOutboundStatus",
     "botOutboundStatusDetail",
 )
-FORMATS = ("csv", "jsonl")
 #: The count key for an empty outcome (the dialer has not finished with the number).
 EMPTY = "(empty)"
 _LOCAL = ("", "file", "local")
@@ -45,9 +48,7 @@ _LOCAL = ("", "file", "local")
 
 def _format(destination: str, given: str | None) -> str:
     if given is not None:
-        if given not in FORMATS:
-            raise KoreConfigurationError(f"format must be one of {', '.join(FORMATS)}; got {given!r}")
-        return given
+        return given_format("format", given)
     return "jsonl" if destination.lower().endswith((".jsonl", ".ndjson")) else "csv"
 
 
@@ -63,10 +64,9 @@ def _cell(value: object) -> object:
 class KoreExportCampaignResultsOperator(BaseOperator):
     """Export the outcome of every contact of a campaign (``status?view=contacts``) to a file.
 
-    CSV (the default; ``.jsonl`` / ``.ndjson`` destinations default to JSON Lines) has a header
-    row with the documented fields (``phoneNumber``, ``uniqueId``, ``dialerOutcome``,
-    ``numberOfAttemptsSoFar``, ``botSessionId``, ``agentDispositionCodes`` joined with "; ",
-    ``botOutboundStatus``, ``botOutboundStatusDetail``); JSON Lines keeps each record as Kore sent it.
+    Streamed page by page into a temporary file beside the destination, then moved into place:
+    a reader never sees a half-written file. CSV has the :data:`RESULT_FIELDS` as columns
+    (``agentDispositionCodes`` joined with "; "); JSON Lines keeps each record as Kore sent it.
 
     The XCom value is ``{"path", "campaign_id", "rows", "by_dialer_outcome", "by_outbound_status"}``
     (counts keyed by Kore's values, ``"(empty)"`` for none yet).
@@ -99,11 +99,10 @@ class KoreExportCampaignResultsOperator(BaseOperator):
     ) -> None:
         super().__init__(**kwargs)
         check_campaign_choice(campaign_id, campaign_name, campaign_type)
-        if not is_template(destination) and (not isinstance(destination, str) or not destination.strip()):
-            raise KoreConfigurationError(f"destination must be a file URI; got {destination!r}")
+        if not is_template(destination):
+            file_uri("destination", destination)
         _format(destination if isinstance(destination, str) else "", format)
-        if stream_id is not None and not is_template(stream_id):
-            ids.validate_id("stream_id", stream_id)
+        validate_id_unless_template("stream_id", stream_id, optional=True)
         self.destination = destination
         self.campaign_id = campaign_id
         self.campaign_name = campaign_name
@@ -123,15 +122,13 @@ class KoreExportCampaignResultsOperator(BaseOperator):
         """Write every contact outcome to a temporary file beside the destination, then move it there."""
         from airflow_provider_kore._compat import object_storage_path
 
-        stream_id = None if self.stream_id is None else ids.validate_id("stream_id", self.stream_id)
-        if not isinstance(self.destination, str) or not self.destination.strip():
-            raise KoreConfigurationError(f"destination must be a file URI; got {self.destination!r}")
-        fmt = _format(self.destination, self.format)
+        stream_id = rendered_optional_id("stream_id", self.stream_id)
+        fmt = _format(file_uri("destination", self.destination), self.format)
         campaign_id = campaign_id_for(
             self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log
         )
         rows = self.hook.iter_campaign_contacts(campaign_id, stream_id=stream_id)
-        destination = object_storage_path(self.destination)
+        destination = object_storage_path(file_uri("destination", self.destination))
         if destination.protocol in _LOCAL:
             destination.parent.mkdir(parents=True, exist_ok=True)
         # Hidden, unique, in the same folder: the final move is a rename on a local disk.
