@@ -1,8 +1,8 @@
 """``KoreCampaignStatusTrigger``: wait in the triggerer for a Kore.ai campaign to reach a status.
 
-Polls through the event loop's shared :class:`~airflow_provider_kore.aio.KoreAsyncClient`, so
-a thousand waiting tasks cost one connection lookup, one HTTP session and one JWT. Fires exactly
-one :class:`TriggerEvent` whose payload is::
+Waits on one connection share the event loop's client (one lookup, session and JWT), its request
+budget and 429 pauses (a 429 never ends a wait); waits on one campaign share their status reads.
+Fires exactly one :class:`TriggerEvent` whose payload is::
 
     {
         "status": "success" | "failure" | "timeout" | "error",
@@ -19,10 +19,6 @@ one :class:`TriggerEvent` whose payload is::
             "pauses": int,  # connection-wide 429 pauses while this wait ran
         },
     }
-
-Waits on one connection share the event loop's request budget and 429 pauses (see
-:mod:`airflow_provider_kore.pacing`); waits on one campaign share their status reads. A 429
-never ends a wait: it pauses the connection, and the read is made after the pause.
 """
 
 from __future__ import annotations
@@ -39,6 +35,7 @@ from airflow_provider_kore.aio import KoreAsyncClient, WaitCounters
 from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
 from airflow_provider_kore.shared import SharedClient, shared_client
 from airflow_provider_kore.status import StatusRule, is_known
+from airflow_provider_kore.waiting import max_errors
 
 #: What ``serialize()`` names; the triggerer imports the class from it.
 CLASSPATH = "airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger"
@@ -56,13 +53,11 @@ EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
 COALESCE_FRACTION = 0.5
 #: ``on_kill`` returns within this many seconds (Airflow 3.3 gives it 30: ``[triggerer] on_kill_timeout``).
 STOP_DEADLINE = 25.0
-#: The first status read of a trigger started with ``last_read_at`` comes at least this many
-#: seconds after the trigger started (and one poll interval after the worker's read). Airflow's
-#: scheduler can fail a deferred task whose trigger fires within seconds of the deferral: the
-#: deferring process's "success" is taken in after the trigger's event re-queued the task
-#: ("finished with state success, but the task instance's state attribute is queued";
-#: apache/airflow#66374, #71580, #72716, open on 3.3). A first read at least about 6 s after the
-#: trigger started kept out of that window in every run tried (SQLite and PostgreSQL, CPUs loaded).
+#: The first read of a trigger started with ``last_read_at`` comes at least this many seconds
+#: after the trigger started. Airflow's scheduler can fail a deferred task whose trigger fires
+#: within seconds of the deferral ("finished with state success, but the task instance's state
+#: attribute is queued"; apache/airflow#66374, #71580, #72716, open on 3.3); 6 s kept out of that
+#: window in every run tried (SQLite and PostgreSQL, CPUs loaded).
 MIN_FIRST_READ_DELAY = 6.0
 
 
@@ -85,9 +80,8 @@ class KoreCampaignStatusTrigger(BaseTrigger):
     :param campaign_id: The campaign to watch (``cd-...``).
     :param kore_conn_id: The ``kore`` connection.
     :param target_statuses: Statuses that end the wait well (case-insensitive), e.g. ``["Completed"]``.
-    :param failure_statuses: Statuses that end it badly. Default ``["Failed"]`` (unless a target).
-        Any other terminal status that is not a target (``Stopped`` while waiting for
-        ``Completed``) also ends it badly, at once.
+    :param failure_statuses: Statuses that end it badly. Default ``["Failed"]`` (unless a target);
+        a terminal non-target status (``Stopped`` while waiting for ``Completed``) does too.
     :param stream_id: The stream (bot) id; default: the connection's ``stream_id`` extra.
     :param poll_interval: Seconds between status reads.
     :param end_time: Epoch seconds (``time.time()``) after which the wait ends with a
@@ -95,15 +89,11 @@ class KoreCampaignStatusTrigger(BaseTrigger):
     :param stop_on_kill: Stop the campaign when a user marks the deferred task failed or
         success, or clears it (Airflow 3.3+ calls :meth:`on_kill` then; earlier versions never do).
     :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
-    :param max_consecutive_errors: None (default): a transient failure (5xx, network, timeout)
-        never ends the wait while ``end_time`` allows: the connection pauses and probes, as for
-        a 429, and the read is made again. A number: failed reads (after the client's own
-        retries) tolerated in a row; one more ends the wait with an ``error`` event.
-    :param last_read_at: Epoch seconds of the status read the deferring task made in the worker.
-        The first read then comes one ``poll_interval`` after it, and not before
-        :data:`MIN_FIRST_READ_DELAY` seconds into this run of the trigger (or at ``end_time``,
-        if that comes first). ``None`` (a trigger serialised before this existed, or built
-        without a worker read): the first read is made at once.
+    :param max_consecutive_errors: None (default): a transient failure (5xx, network) never ends
+        the wait while ``end_time`` allows (the connection pauses and probes, as for a 429). A
+        number: failed reads in a row tolerated; one more ends the wait with an ``error`` event.
+    :param last_read_at: Epoch seconds of the deferring task's own status read: the first read
+        comes as :meth:`first_read_due` says. None: at once.
     """
 
     def __init__(
@@ -135,10 +125,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         self.end_time = _number("end_time", end_time, positive=False) if end_time is not None else None
         self.stop_on_kill = bool(stop_on_kill)
         self.campaign_type = ids.validate_campaign_type(campaign_type)
-        limit = max_consecutive_errors
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise KoreConfigurationError(f"max_consecutive_errors must be None or an integer >= 0; got {limit!r}")
-        self.max_consecutive_errors = limit
+        self.max_consecutive_errors = max_errors(max_consecutive_errors)
         self.last_read_at = _number("last_read_at", last_read_at, positive=False) if last_read_at is not None else None
         self._lease: SharedClient | None = None
 
@@ -295,11 +282,10 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         return last_read
 
     def first_read_due(self, started_at: float) -> float | None:
-        """Epoch seconds of the first read for a run started at ``started_at``, ignoring ``end_time``.
+        """Epoch seconds of the first read for a run started at ``started_at`` (before ``end_time``).
 
-        One poll interval after the worker's read, and never within :data:`MIN_FIRST_READ_DELAY`
-        of the start (Airflow's defer race). Each trigger counts from its own start: waits are
-        not held back to one shared moment. None without ``last_read_at``: read at once.
+        One poll interval after ``last_read_at``, and never within :data:`MIN_FIRST_READ_DELAY`
+        of this run's start. None without ``last_read_at``: read at once.
         """
         if self.last_read_at is None:
             return None
