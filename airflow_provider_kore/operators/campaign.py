@@ -42,17 +42,6 @@ STOP_ON_KILL_BUDGET = 25.0
 _TIMED_OUT = "The wait on Kore.ai campaign %s timed out; stopping it (stop_on_kill)"
 
 
-def _timestamp(value: object) -> datetime | None:
-    """An aware datetime from Kore's ISO 8601 text (``2025-12-08T05:32:10.977Z``); None if unreadable."""
-    import pendulum
-
-    try:
-        parsed = pendulum.parse(value.strip()) if isinstance(value, str) else None
-    except (ValueError, TypeError):  # pendulum's ParserError is a ValueError
-        return None
-    return parsed if isinstance(parsed, datetime) else None
-
-
 def _plain(value: object) -> str | int | float | bool | None:
     """A JSON-safe scalar for XCom: Kore's answers are strings, but do not trust their shape."""
     if value is None or isinstance(value, (str, int, float, bool)):
@@ -90,13 +79,8 @@ def stop_campaign_quietly(
             raise exc from None
         if not is_terminal(status):
             raise
-        log.info(
-            "Kore.ai campaign %s is already %s: nothing to stop (the stop answered HTTP %s: %s)",
-            campaign_id,
-            status,
-            exc.http_status,
-            exc.kore_message or "no error text",
-        )
+        why = f"HTTP {exc.http_status}: {exc.kore_message or 'no error text'}"
+        log.info("Kore.ai campaign %s is already %s: nothing to stop (the stop answered %s)", campaign_id, status, why)
         return {"status": status, "message": f"Campaign already {status}; nothing to stop", "updatedAt": None}, False
 
 
@@ -273,11 +257,10 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     ) -> dict[str, Any] | None:
         """On a retry: the result to return if an earlier try's start took effect, else None.
 
-        The earlier try's answer may have been lost, so the campaign is the evidence: ``Ready``
-        means nothing ran; any other non-terminal status (including an unknown one) means a
-        start took effect; a terminal one counts only if Kore's campaign list says the last
-        execution was updated (``campaignInstanceUpdatedAt``) after this DAG run began.
-        ``updatedAt`` is not evidence: Kore documents it as the definition's last update.
+        The earlier answer may be lost, so the campaign is the evidence: ``Ready``: nothing ran;
+        another non-terminal status: a start took effect; a terminal one: only if its last
+        execution (``campaignInstanceUpdatedAt``; ``updatedAt`` is the definition's) is newer
+        than this DAG run.
         """
         status = str(self.hook.get_campaign_status(campaign_id, stream_id=stream_id).get("status") or "")
         reason = None
@@ -300,9 +283,16 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
 
     def _last_execution(self, campaign_id: str, stream_id: str | None) -> datetime | None:
         """When Kore last updated the campaign's execution (its list row), or None if it does not say."""
+        import pendulum
+
         for row in self.hook.list_campaigns(self.campaign_type, stream_id=stream_id):
             if row.get("id") == campaign_id:
-                return _timestamp(row.get("campaignInstanceUpdatedAt"))
+                text = row.get("campaignInstanceUpdatedAt")  # ISO 8601: 2025-12-08T05:32:10.977Z
+                try:
+                    parsed = pendulum.parse(text.strip()) if isinstance(text, str) else None
+                except (ValueError, TypeError):  # pendulum's ParserError is a ValueError
+                    return None
+                return parsed if isinstance(parsed, datetime) else None
         return None
 
     def _wait(
@@ -313,7 +303,7 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         while True:
             verdict, data = watch.check(self.hook, deadline=time.time() + self.poll_interval + POKE_GRACE)
             if verdict == "success" and data is not None:
-                return self._finished(result, data.get("status"))
+                return {**result, "start_status": result.get("status"), "status": _plain(data.get("status"))}
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 last = None if data is None else data.get("status")
@@ -329,11 +319,7 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
     def execute_complete(
         self, context: Context, event: Any = None, start_result: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Resume after the trigger: the start result with the final status; raise on anything else.
-
-        A ``timeout`` event stops the campaign first when ``stop_on_kill`` is set, then raises
-        :class:`~airflow_provider_kore.exceptions.KoreCampaignTimeoutError`.
-        """
+        """Resume after the trigger: the start result with the final status; raise on anything else."""
         named = start_result.get("campaign_id") if isinstance(start_result, Mapping) else None
         campaign_id = ids.validate_id("campaign_id", self.campaign_id if self.campaign_id is not None else named)
         stream_id = rendered_optional_id("stream_id", self.stream_id)
@@ -345,12 +331,8 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
             raise
         if not isinstance(start_result, Mapping):
             start_result = self._result(campaign_id, stream_id, {})
-        return self._finished(dict(start_result), payload.get("campaign_status"))
-
-    def _finished(self, result: dict[str, Any], final_status: object) -> dict[str, Any]:
-        result["start_status"] = result.get("status")
-        result["status"] = _plain(final_status)
-        return result
+        final = _plain(payload.get("campaign_status"))
+        return {**start_result, "start_status": start_result.get("status"), "status": final}
 
     def _stop_if_asked(self, campaign_id: str, stream_id: str | None, why: str) -> None:
         # A wait that gives up or a killed task must not leave the campaign running unobserved
@@ -374,11 +356,8 @@ class KoreStartCampaignOperator(_KoreCampaignOperator):
         self.log.info("Kore.ai campaign %s: %s", campaign_id, answer.get("message") or answer.get("status"))
 
     def on_kill(self) -> None:
-        """Stop the campaign if ``stop_on_kill`` is set and this process started it.
-
-        While the task is deferred no worker holds it: Airflow 3.3+ calls the trigger's
-        ``on_kill`` instead, which stops the campaign; Airflow 3.0 to 3.2 just cancel the trigger.
-        """
+        """Stop the campaign if ``stop_on_kill`` is set and this process started it (a deferred task
+        is the trigger's to stop, on Airflow 3.3+)."""
         if self._started_here is not None:
             self._stop_if_asked(*self._started_here, "Task killed; stopping Kore.ai campaign %s (stop_on_kill)")
 
