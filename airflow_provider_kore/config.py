@@ -69,7 +69,7 @@ def normalise_base_url(host: str | None, *, port: int | None = None, schema: str
 
 # Connections whose client secret this process has handed to Airflow's masker. The masker
 # rebuilds one regex over every secret at each new one: register each secret once, never a token.
-_masked: set[tuple[str, int]] = set()
+_masked: set[int] = set()  # hashes of the secrets registered (one per distinct secret, not per conn id)
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class KoreConnectionConfig:
         from airflow_provider_kore._compat import get_connection, mask_secret
 
         config = cls.from_connection(get_connection(conn_id), conn_id=conn_id)
-        key = (conn_id, hash(config.client_secret))
+        key = hash(config.client_secret)
         if key not in _masked:
             mask_secret(config.client_secret)
             _masked.add(key)

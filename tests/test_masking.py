@@ -71,3 +71,20 @@ def test_reads_and_deferred_waits_register_the_secret_once_and_no_token(register
     assert len(registered) <= 3
     assert SECRET in registered
     assert not any(value.startswith("eyJ") for value in registered)
+
+
+def test_test_button_clicks_leave_the_api_server_flat(registered, monkeypatch, requests_mock):
+    """The UI's Test button builds a hook under a new throwaway connection id for every click."""
+    from airflow_provider_kore import pacing
+
+    pacing.reset_sync_pacers()
+    url = "https://kore.test/campaign/api/v2/public/st-1/campaign/cd-airflow-connection-test/status"
+    requests_mock.post(url, status_code=404, json={"errors": [{"msg": "Campaign not found"}]})
+    for click in range(50):
+        conn = {"conn_type": "kore", "host": "https://kore.test", "login": "cs-1", "password": SECRET}
+        conn["extra"] = {"account_id": "acc-1", "stream_id": "st-1"}
+        monkeypatch.setenv(f"AIRFLOW_CONN_TEST_CLICK_{click}", json.dumps(conn))
+        ok, message = KoreHook(f"test_click_{click}").test_connection()
+        assert ok, message
+    assert registered == [SECRET]
+    assert pacing._sync_pacers == {}

@@ -239,6 +239,9 @@ class KoreHook(KorePipelineCalls, BaseHook):
         """
         try:
             config = self.config
+            # The API server builds this hook under a throwaway connection id for every click: a
+            # pacer of its own, never registered, so the long-running server does not grow.
+            self.__dict__["pacer"] = pacing.SyncPacer(self.kore_conn_id)
             self._request(
                 "get_campaign_status",
                 campaign_id=TEST_CONNECTION_CAMPAIGN_ID,
