@@ -33,11 +33,6 @@ try:
 except ImportError:  # Airflow 3.0
     from airflow.exceptions import AirflowSkipException  # type: ignore[no-redef,attr-defined,unused-ignore]
 
-try:
-    from airflow.sdk.exceptions import TaskDeferred
-except ImportError:  # Airflow 3.0
-    from airflow.exceptions import TaskDeferred  # type: ignore[no-redef,attr-defined,unused-ignore]
-
 from airflow.sdk import BaseOperator, BaseSensorOperator
 
 T = TypeVar("T")
@@ -46,21 +41,16 @@ if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
 
 
-def conf_getboolean(section: str, key: str, fallback: bool) -> bool:
-    """Read a boolean Airflow option (e.g. ``[operators] default_deferrable``)."""
+def default_deferrable() -> bool:
+    """The ``[operators] default_deferrable`` setting, as Airflow's own operators read it."""
     try:
         from airflow.sdk.configuration import conf
     except ImportError:  # Airflow 3.0
         from airflow.configuration import conf  # type: ignore[no-redef,unused-ignore]
     try:
-        return bool(conf.getboolean(section, key, fallback=fallback))
+        return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
     except Exception:  # an unreadable config must not break DAG parsing
-        return fallback
-
-
-def default_deferrable() -> bool:
-    """The ``[operators] default_deferrable`` setting, as Airflow's own operators read it."""
-    return conf_getboolean("operators", "default_deferrable", fallback=False)
+        return False
 
 
 def mask_secret(value: str) -> None:
@@ -85,25 +75,6 @@ def get_connection(conn_id: str) -> Connection:
     return BaseHook.get_connection(conn_id)
 
 
-async def amask_secret(value: str) -> None:
-    """:func:`mask_secret` for code on an event loop (the triggerer's).
-
-    The synchronous masker also tells the supervisor, and in a triggerer that message must not
-    block the loop: Airflow 3.3 refuses it ("DeadlockImminentError") or stalls every trigger, and
-    3.0's comms raise "You cannot use AsyncToSync in the same thread as an async event loop".
-    So: Airflow's own async masker where the release has one, else the sync one in a worker thread.
-    """
-    try:
-        from airflow.sdk.log import amask_secret as amask
-    except ImportError:  # before Airflow 3.3
-        await run_sync(mask_secret, value)
-        return
-    try:
-        await amask(value)
-    except Exception:  # best effort, as mask_secret
-        return
-
-
 async def run_sync(func: Callable[..., T], *args: Any) -> T:
     """Run a synchronous Airflow call (a connection lookup, masking) off the event loop.
 
@@ -113,13 +84,6 @@ async def run_sync(func: Callable[..., T], *args: Any) -> T:
     from asgiref.sync import sync_to_async
 
     return await sync_to_async(func)(*args)
-
-
-def trigger_supports_on_kill() -> bool:
-    """Airflow 3.3 calls ``BaseTrigger.on_kill`` when a deferred task is marked failed or cleared."""
-    from airflow.triggers.base import BaseTrigger
-
-    return hasattr(BaseTrigger, "on_kill")
 
 
 def object_storage_path(uri: str) -> ObjectStoragePath:
@@ -150,13 +114,9 @@ __all__ = [
     "BaseHook",
     "BaseOperator",
     "BaseSensorOperator",
-    "TaskDeferred",
-    "amask_secret",
-    "conf_getboolean",
     "default_deferrable",
     "get_connection",
     "mask_secret",
     "object_storage_path",
     "run_sync",
-    "trigger_supports_on_kill",
 ]

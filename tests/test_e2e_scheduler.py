@@ -44,9 +44,9 @@ import airflow
 import postgres_cluster
 import pytest
 import requests
+from airflow.triggers.base import BaseTrigger
 from processes import free_port, stop_process_group
 
-from airflow_provider_kore._compat import trigger_supports_on_kill
 from airflow_provider_kore.testing import KoreSimulator
 from airflow_provider_kore.triggers.campaign import MIN_FIRST_READ_DELAY
 
@@ -256,7 +256,7 @@ def deployment(e2e_airflow: Any) -> Iterator[Deployment]:
         stack.enter_context(_running(deployment, env, port, ["kore_e2e_fanout", "kore_e2e_kill"]))
         started = time.monotonic()
         fanout_run = _trigger_run(deployment, "kore_e2e_fanout")
-        kill_run = _trigger_run(deployment, "kore_e2e_kill") if trigger_supports_on_kill() else None
+        kill_run = _trigger_run(deployment, "kore_e2e_kill") if hasattr(BaseTrigger, "on_kill") else None
 
         # Every wait deferred and taken by a triggerer: only then do the campaigns complete, so
         # all of them were waiting in the triggerer at the same time.
@@ -480,7 +480,7 @@ def test_start_answer_survives_a_real_deferral(deployment: Deployment) -> None:
 
 
 def test_trigger_on_kill_stops_the_campaign(deployment: Deployment) -> None:
-    if not trigger_supports_on_kill():
+    if not hasattr(BaseTrigger, "on_kill"):
         pytest.skip(
             f"Airflow {airflow.__version__} has no BaseTrigger.on_kill: a killed deferred task's campaign runs on"
         )

@@ -27,11 +27,7 @@ def registered(monkeypatch):
     """Every value the provider hands to Airflow's masker (sync or async)."""
     values: list[str] = []
 
-    async def amask(value: str) -> None:
-        values.append(value)
-
     monkeypatch.setattr(_compat, "mask_secret", values.append)
-    monkeypatch.setattr(_compat, "amask_secret", amask)
     monkeypatch.setattr(config, "_masked", set())
     return values
 

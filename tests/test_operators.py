@@ -9,7 +9,12 @@ from unittest import mock
 
 import pytest
 
-from airflow_provider_kore._compat import AirflowSensorTimeout, TaskDeferred
+from airflow_provider_kore._compat import AirflowSensorTimeout
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import TaskDeferred
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,

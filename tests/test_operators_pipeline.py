@@ -11,7 +11,10 @@ from unittest import mock
 
 import pytest
 
-from airflow_provider_kore._compat import TaskDeferred
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import TaskDeferred
 from airflow_provider_kore.exceptions import (
     KoreCampaignNotFoundError,
     KoreConfigurationError,
