@@ -1,4 +1,4 @@
-"""The example DAGs parse in a DagBag, carry real schedules, and are wired as their docstrings say.
+"""The example DAGs parse in a DagBag, carry real schedules, and are wired task to task as documented.
 
 Running them end to end against the simulator is the end-to-end suite's job.
 """
@@ -69,11 +69,6 @@ def test_consumer_is_scheduled_on_the_completion_asset(dagbag):
     producer_sensor = dagbag.dags["kore_campaign_assets_producer"].get_task("wait_for_welcome_completed")
     assert isinstance(producer_sensor, KoreCampaignStatusSensor)
     assert [asset.uri for asset in producer_sensor.outlets] == [ASSET_URI]
-
-
-def test_every_dag_documents_itself(dagbag):
-    for dag in dagbag.dags.values():
-        assert len(dag.doc_md or "") > 100, dag.dag_id
 
 
 def edges(dag):

@@ -29,20 +29,6 @@ AIRFLOW_VERSION = tuple(int(part) for part in airflow.__version__.split(".")[:2]
 READS_CONN_FIELDS = AIRFLOW_VERSION >= (3, 2)
 HAS_WTFORMS = importlib.util.find_spec("wtforms") is not None
 
-EXPECTED_LABELS = {
-    "account_id": "Account ID",
-    "stream_id": "Stream / Bot ID",
-    "iid": "Application ID (iid)",
-    "timeout": "Request timeout (seconds)",
-    "max_retries": "Max retries",
-    "jwt_algorithm": "JWT algorithm",
-    "jwt_per_request": "New JWT per request",
-    "verify": "Verify TLS certificates",
-    "max_requests_per_minute": "Max requests per minute",
-    "max_requests_per_hour": "Max requests per hour",
-}
-EXPECTED_RELABELING = {"host": "Platform URL", "login": "Client ID", "password": "Client Secret"}
-
 
 def _kore_connection_type() -> dict[str, Any]:
     (conn_type,) = [c for c in get_provider_info()["connection-types"] if c["connection-type"] == "kore"]
@@ -70,7 +56,6 @@ def test_provider_info_names_this_distribution() -> None:
     assert info["package-name"] == "airflow-provider-kore"
     assert info["name"] == "Kore.ai"
     assert info["versions"][0] == __version__ == importlib.metadata.version("airflow-provider-kore")
-    assert info["description"]
 
 
 def test_provider_info_passes_airflows_own_schema() -> None:
@@ -101,24 +86,75 @@ def test_connection_type_points_at_the_hook() -> None:
     assert hook_class.conn_name_attr == "kore_conn_id"
 
 
-def test_conn_fields_are_labelled_and_typed() -> None:
-    fields = _kore_connection_type()["conn-fields"]
-    assert {name: spec["label"] for name, spec in fields.items()} == EXPECTED_LABELS
-    for name, spec in fields.items():
-        assert spec["description"], name
-        types = spec["schema"]["type"]
-        # Every extra is optional in the form (the hook names a missing required one).
-        assert "null" in types, name
-        # None of the extras is a secret: the Client Secret is the standard password field.
+def _non_default_value(name: str, schema: dict[str, Any]) -> Any:
+    """A value of the form field's declared type that differs from the hook's default."""
+    types = schema["type"]
+    if "enum" in schema:
+        (other,) = [choice for choice in schema["enum"] if choice != schema.get("default")]
+        return other
+    if "boolean" in types:
+        return not schema.get("default", False)
+    if "integer" in types:
+        return schema.get("minimum", 0) + 7
+    if "number" in types:
+        return 12.5
+    return f"{name.replace('_', '-')}-0001"
+
+
+def _config(extra: dict[str, Any]) -> Any:
+    from airflow.models import Connection
+
+    from airflow_provider_kore.config import KoreConnectionConfig
+
+    conn = Connection(conn_id="kore_form", conn_type="kore", host="https://kore.test", login="cs-1", password="secret")
+    conn.set_extra(json.dumps(extra))
+    return KoreConnectionConfig.from_connection(conn)
+
+
+def test_every_form_field_is_an_extra_the_hook_reads() -> None:
+    """A value typed into any extra field of the form reaches the hook's config, and no extra is missing."""
+    from dataclasses import fields as dataclass_fields
+
+    from airflow_provider_kore.config import KoreConnectionConfig
+
+    form = _kore_connection_type()["conn-fields"]
+    standard = {"base_url", "client_id", "client_secret", "conn_id"}  # host / login / password, and the id
+    assert set(form) == {f.name for f in dataclass_fields(KoreConnectionConfig)} - standard
+    typed = {name: _non_default_value(name, spec["schema"]) for name, spec in form.items()}
+    config = _config(typed)
+    assert {name: getattr(config, name) for name in form} == typed
+
+
+def test_form_defaults_are_the_hooks_defaults_and_blank_fields_are_accepted() -> None:
+    """Every extra may be left blank (all are nullable); the form's stated default is what the hook then uses."""
+    form = _kore_connection_type()["conn-fields"]
+    for name, spec in form.items():
+        assert "null" in spec["schema"]["type"], name
+        # Airflow masks a field of format "password"; none of the extras is a secret.
         assert spec["schema"].get("format") != "password", name
+    config = _config({name: None for name in form} | {"account_id": "acc-1"})
+    for name, spec in form.items():
+        if "default" in spec["schema"]:
+            assert getattr(config, name) == spec["schema"]["default"], name
+    # account_id is blank-able in the form, but the hook names it when it is missing.
+    with pytest.raises(ValueError, match="account_id"):
+        _config({name: None for name in form})
 
 
-def test_ui_field_behaviour_relabels_the_standard_fields() -> None:
+def test_ui_field_behaviour_placeholders_fit_the_form() -> None:
     behaviour = _kore_connection_type()["ui-field-behaviour"]
-    assert behaviour["relabeling"] == EXPECTED_RELABELING
-    assert set(behaviour["hidden-fields"]) == {"schema", "port"}
-    assert behaviour["placeholders"]["host"].startswith("https://")
-    assert "password" not in behaviour["hidden-fields"]
+    placeholders = behaviour["placeholders"]
+    # Airflow shows a placeholder only on a field it draws: a standard one or a conn-field.
+    assert set(placeholders) <= {"host", "login", "password"} | set(_kore_connection_type()["conn-fields"])
+    assert not {"host", "login", "password"} & set(behaviour["hidden-fields"])
+    # The Platform URL as the placeholder shows it is a working base URL.
+    from airflow.models import Connection
+
+    from airflow_provider_kore.config import KoreConnectionConfig
+
+    conn = Connection(conn_id="k", conn_type="kore", host=placeholders["host"], login="cs-1", password="s")
+    conn.set_extra(json.dumps({"account_id": "acc-1"}))
+    assert KoreConnectionConfig.from_connection(conn).base_url == placeholders["host"]
 
 
 def test_entry_point_is_installed_and_returns_the_provider_info() -> None:
@@ -144,7 +180,7 @@ def test_form_widgets_classmethod_mirrors_conn_fields() -> None:
     for name, widget in widgets.items():
         # Airflow < 3.2 drops the whole form if any field has another class.
         assert widget.field_class in (BooleanField, IntegerField, PasswordField, StringField), name
-        assert widget.args[0] == EXPECTED_LABELS[name]
+        assert widget.args[0] == fields[name]["label"]
         assert widget.kwargs["description"] == fields[name]["description"]
     assert widgets["verify"].field_class is BooleanField
     assert widgets["max_retries"].field_class is IntegerField
@@ -229,13 +265,17 @@ def test_providers_manager_has_the_form(providers_manager_view: dict[str, Any]) 
     if not READS_CONN_FIELDS and not HAS_WTFORMS:
         pytest.skip(f"Airflow {airflow.__version__} needs wtforms to read a hook's form; it is not installed")
     widgets = providers_manager_view["widgets"]
-    assert widgets == {f"extra__kore__{name}": name for name in EXPECTED_LABELS}
+    conn_type = _kore_connection_type()
+    assert widgets == {f"extra__kore__{name}": name for name in conn_type["conn-fields"]}
     behaviour = providers_manager_view["behaviour"]
-    assert behaviour["relabeling"] == EXPECTED_RELABELING
-    assert set(behaviour["hidden_fields"]) == {"schema", "port"}
+    ours = conn_type["ui-field-behaviour"]
+    assert behaviour["relabeling"] == ours["relabeling"]
+    assert behaviour["hidden_fields"] == ours["hidden-fields"]
     # Airflow prefixes extra-field placeholders with the connection type.
-    assert behaviour["placeholders"]["host"] == "https://platform.kore.ai"
-    assert behaviour["placeholders"]["extra__kore__account_id"]
+    assert behaviour["placeholders"] == {
+        (name if name in {"host", "login", "password"} else f"extra__kore__{name}"): text
+        for name, text in ours["placeholders"].items()
+    }
 
 
 @pytest.mark.skipif(not READS_CONN_FIELDS, reason="Airflow < 3.2 reads the form from the hook classmethods")
@@ -248,30 +288,51 @@ def test_no_deprecation_warning_for_the_kore_hook(providers_manager_view: dict[s
 # -- the airflow CLI -----------------------------------------------------------------------------
 
 
-def _airflow_cli(tmp_path: Path, *args: str) -> Any:
+#: Both CLI commands in one interpreter (one Airflow import, not two): each one's stdout, marked.
+_CLI = r"""
+import contextlib, io, sys
+from airflow.__main__ import main
+
+for command in (["providers", "list"], ["providers", "hooks"]):
+    sys.argv = ["airflow", *command, "--output", "json"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main()
+    print("CLI " + " ".join(command) + "\t" + out.getvalue().replace("\n", " "))
+"""
+
+
+@pytest.fixture(scope="module")
+def cli_json(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``airflow providers list`` / ``hooks`` with ``--output json``, by command."""
     done = subprocess.run(
-        [sys.executable, "-m", "airflow", *args, "--output", "json"],
-        env=_airflow_env(tmp_path),
+        [sys.executable, "-c", _CLI],
+        env=_airflow_env(tmp_path_factory.mktemp("airflow_cli_home")),
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # Airflow 3.0 prints log lines before the JSON.
-    start = done.stdout.index("[{")
-    return json.loads(done.stdout[start:])
+    answers: dict[str, Any] = {}
+    for line in done.stdout.splitlines():
+        if line.startswith("CLI "):
+            command, _, text = line[len("CLI ") :].partition("\t")
+            # Airflow 3.0 prints log lines before the JSON.
+            answers[command] = json.loads(text[text.index("[{") :])
+    assert set(answers) == {"providers list", "providers hooks"}, done.stdout[-3000:]
+    return answers
 
 
-def test_cli_providers_list_shows_the_provider(tmp_path: Path) -> None:
-    rows = _airflow_cli(tmp_path, "providers", "list")
+def test_cli_providers_list_shows_the_provider(cli_json: dict[str, Any]) -> None:
+    rows = cli_json["providers list"]
     (row,) = [r for r in rows if r["package_name"] == "airflow-provider-kore"]
     assert row["version"] == __version__
     assert "Kore.ai" in row["description"]
 
 
-def test_cli_providers_hooks_shows_the_kore_hook(tmp_path: Path) -> None:
-    rows = _airflow_cli(tmp_path, "providers", "hooks")
+def test_cli_providers_hooks_shows_the_kore_hook(cli_json: dict[str, Any]) -> None:
+    rows = cli_json["providers hooks"]
     (row,) = [r for r in rows if r["connection_type"] == "kore"]
     assert row["class"] == "airflow_provider_kore.hooks.kore.KoreHook"
     assert row["conn_id_attribute_name"] == "kore_conn_id"

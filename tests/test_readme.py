@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import textwrap
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,7 +11,7 @@ from airflow.models import Connection
 
 from airflow_provider_kore.api import KoreConnectionConfig
 from airflow_provider_kore.hooks.kore import KoreHook
-from airflow_provider_kore.testing import KoreSimulator, pytest_plugin
+from airflow_provider_kore.testing import KoreSimulator
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -28,7 +27,6 @@ def _readme_uris() -> dict[str, str]:
 def test_readme_offline_test_is_the_example_file_the_suite_runs() -> None:
     example = EXAMPLE.read_text(encoding="utf-8")
     assert f"```python\n{example}```" in README
-    assert textwrap.indent(example, "    ") in (pytest_plugin.__doc__ or "")
 
 
 def test_readme_has_the_platform_and_the_simulator_uri() -> None:

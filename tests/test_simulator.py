@@ -971,10 +971,6 @@ def _conn_from_uri(uri: str, conn_id: str) -> Any:
     return ModelConnection(conn_id=conn_id, uri=uri)
 
 
-def test_conn_extra(kore_simulator: KoreSimulator) -> None:
-    assert kore_simulator.conn_extra() == {"account_id": "sim-account-0001", "stream_id": "st-sim-0001"}
-
-
 def test_airflow_conn_json_parses(kore_simulator: KoreSimulator) -> None:
     text = kore_simulator.airflow_conn_json(timeout=5, iid="st-app")
     raw = json.loads(text)
