@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import re
 import signal
 import threading
@@ -799,7 +800,9 @@ def _outage(sim: KoreSimulator, conn_id: str) -> dict[str, Any]:
 
 STAGGERED_INTERVAL = 20.0
 OUTAGE_START = 8.0
-OUTAGE_SECONDS = 150.0
+# The scenario is a 150 s outage; the suite runs 60 s (same rules: at most about one
+# probe a second, every wait back soon after). KORE_OUTAGE_SECONDS=150 runs the full one.
+OUTAGE_SECONDS = float(os.environ.get("KORE_OUTAGE_SECONDS", "60"))
 
 #: name -> (simulator settings, connection extras, scenario)
 SCENARIOS: dict[str, tuple[dict[str, Any], dict[str, Any], Callable[[KoreSimulator, str], dict[str, Any]]]] = {
@@ -953,5 +956,7 @@ def test_a_kore_outage_shorter_than_the_time_left_fails_no_wait(scenarios, caplo
     down, up = result["marks"]["down"], result["marks"]["up"]
     assert [event["status"] for event in result["events"]] == ["success"] * 20
     during = [r for r in sim.requests if down <= r.time <= up]
-    assert len(during) <= 150  # about one probe a second at most, for the whole fleet
-    assert result["done_at"] - up <= 90  # every wait read again soon after Kore came back
+    back_within = result["done_at"] - up
+    print(f"outage {OUTAGE_SECONDS:.0f} s: {len(during)} requests during it; all done {back_within:.1f} s after")
+    assert len(during) <= OUTAGE_SECONDS  # about one probe a second at most, for the whole fleet
+    assert back_within <= 90  # every wait read again soon after Kore came back
