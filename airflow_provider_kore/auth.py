@@ -43,7 +43,8 @@ class JwtSigner:
         self._per_request = per_request
         self._lifetime = lifetime
         self._clock = clock
-        self._lock = threading.Lock()
+        # Reentrant: on_kill (a SIGTERM handler) may sign while this thread is inside token().
+        self._lock = threading.RLock()
         self._token: str | None = None
         self._expires_at = 0.0
         #: How many tokens were signed (benchmarks and tests read it).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import time
 from urllib.parse import urlsplit
@@ -711,3 +712,28 @@ def test_session_honours_no_proxy_and_an_explicit_verify(monkeypatch):
     session = KoreHook().session
     assert "https" not in session.proxies
     assert session.verify is False
+
+
+def test_a_priority_stop_in_a_signal_handler_takes_no_lock_the_interrupted_call_holds(hook, requests_mock):
+    """on_kill runs in a SIGTERM handler on the thread it interrupts, maybe mid-token or mid-request."""
+    requests_mock.post(STOP_URL, json=STOP_BODY)
+    hook.get_campaign_status  # noqa: B018 - the hook is built
+    shared = hook.session
+
+    def interrupted_request(*args, **kwargs):
+        raise AssertionError("the stop used the session the interrupted call holds")
+
+    shared.request = interrupted_request
+
+    def deadlocked(signum, frame):
+        raise AssertionError("the stop waited for a lock the interrupted call holds")
+
+    old_handler = signal.signal(signal.SIGALRM, deadlocked)
+    signal.alarm(10)  # a deadlock fails the test instead of hanging it
+    try:
+        with hook.signer._lock:  # as if the signal came while this thread was inside token()
+            answer = hook.stop_campaign("cd-1", campaign_type="voice", deadline=time.time() + 25, priority=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old_handler)
+    assert answer["status"] == "Stopped"

@@ -148,6 +148,9 @@ class KoreHook(KorePipelineCalls, BaseHook):
         the platform URL; ``trust_env`` is then off so requests does not re-read them per call.
         Redirects are never followed (the ``auth`` header would travel to the new host).
         """
+        return self._new_session()
+
+    def _new_session(self) -> requests.Session:
         config = self.config
         session = requests.Session()
         session.headers["User-Agent"] = "airflow-provider-kore"
@@ -296,6 +299,9 @@ class KoreHook(KorePipelineCalls, BaseHook):
             deadline=until,
         )
         pacer = self.pacer
+        # A priority stop may run in on_kill, i.e. a SIGTERM handler interrupting this thread mid-request:
+        # it takes no lock the interrupted call could hold (its own session, the pacer's lock-free path).
+        session = self._new_session() if priority else self.session
         while True:
             token = self.signer.token()
             try:
@@ -304,7 +310,7 @@ class KoreHook(KorePipelineCalls, BaseHook):
                 raise exchange.out_of_time(exc.reason) from None
             what: engine.Answer | engine.NetworkFailure
             try:
-                response = self.session.request(
+                response = session.request(
                     call.method,
                     call.url,
                     headers={**call.headers, "auth": token},
