@@ -97,6 +97,8 @@ def _serve(options: dict[str, Any]) -> None:
         complete_after_polls=options.get("complete_after_polls"),
         campaigns=options.get("campaigns", []),
         rate_limit=tuple(options["rate_limit"]) if options.get("rate_limit") else None,
+        # Contacts added to a list are counted, not kept (the pipeline benchmark loads 100,000).
+        keep_contacts=options.get("keep_contacts", True),
     )
     sim.start()
 
@@ -143,6 +145,13 @@ def _handle(sim: Any, command: str, args: dict[str, Any]) -> Any:
             )
             started[campaign_id] = time.monotonic()
         return {"started": started}
+    if command == "outcomes":  # N generated contact outcomes, built page by page as they are read
+        sim.set_contact_outcomes(args["campaign_id"], args["count"])
+        return {"ok": True}
+    if command == "add_list":
+        return {"list_id": sim.add_contact_list(args["name"], allow_duplicates=args.get("allow_duplicates", False))}
+    if command == "list_info":
+        return sim.contact_list_info(args["name"])
     if command == "set_status":
         sim.set_status(args["campaign_id"], args["status"])
         return {"ok": True}

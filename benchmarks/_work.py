@@ -336,6 +336,217 @@ def bench_triggers(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Pipelines: export N contact outcomes to a file, load N contacts from a CSV.
+
+
+def _rss_now_mb() -> float:
+    """Resident set size of this process now (``VmRSS``), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return _rss_mb()
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's RSS high-water mark (Linux 4.0+: ``clear_refs`` 5), so that
+    ``ru_maxrss`` afterwards is the peak of what follows, not of the imports before it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return abs(_rss_mb() - _rss_now_mb()) < 1.0
+
+
+def _write_contacts_csv(path: Path, n: int) -> None:
+    """``n`` contacts, distinct phone numbers, the columns a warehouse export would have."""
+    import csv
+
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(["phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority"])
+        for i in range(n):
+            writer.writerow(
+                [
+                    f"+1 (555) {i // 10000:03d}-{i % 10000:04d}",
+                    f"First{i}",
+                    f"Last{i}",
+                    "America/New_York",
+                    f"wh-{i:08d}",
+                    1 + i % 5,
+                ]
+            )
+
+
+def bench_pipeline(args: dict[str, Any]) -> dict[str, Any]:
+    """One export or load of ``rows`` rows, ``ours`` (the operator, as a task runs it) or ``bare``.
+
+    ``bare`` is the least code doing the same job: a ``requests.Session`` with a JWT signed
+    beforehand, the CSV module, no checks beyond the HTTP status. Memory: the RSS high-water
+    mark is reset once everything is imported; the figure is the peak after minus RSS before.
+    """
+    import tempfile
+
+    job, side, n = args["job"], args["side"], args["rows"]
+    batch = args.get("batch_size", 500)
+    campaign = "cd-bench-export-0001"
+    list_name = "Bench nightly list"
+    folder = Path(tempfile.mkdtemp(prefix="kore-bench-pipeline-"))
+    source = folder / "contacts.csv"
+    destination = folder / "out" / "results.csv"
+    if job == "load":
+        _write_contacts_csv(source, n)
+    with SimProcess(keep_contacts=False, campaigns=[{"campaign_id": campaign, "campaign_type": "voice"}]) as sim:
+        info = sim.info
+        if job == "export":
+            sim.call("outcomes", campaign_id=campaign, count=n)
+        elif side == "bare":
+            sim.call("add_list", name=list_name)
+        os.environ["AIRFLOW_CONN_KORE_BENCH"] = sim.conn_json
+        # Everything either side imports when it runs, imported before the baseline.
+        import csv
+        import types
+
+        import requests
+        from airflow.sdk import ObjectStoragePath  # noqa: F401
+
+        from airflow_provider_kore import api  # noqa: F401
+        from airflow_provider_kore._compat import object_storage_path
+        from airflow_provider_kore.hooks.kore import KoreHook  # noqa: F401
+        from airflow_provider_kore.operators.contacts import KoreLoadContactsOperator
+        from airflow_provider_kore.operators.results import RESULT_FIELDS, KoreExportCampaignResultsOperator
+
+        object_storage_path(f"file://{folder}/warm")  # fsspec's local filesystem registered
+        token = _sign(info)
+        headers = {
+            "auth": token,
+            "iid": info["stream_id"],
+            "accountId": info["account_id"],
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+        }
+        base = info["url"]
+        stream = info["stream_id"]
+        context: dict[str, Any] = {
+            "ti": types.SimpleNamespace(try_number=1, task_id="bench", dag_id="bench", map_index=-1),
+            "ds": "2026-01-05",
+            "params": {},
+        }
+
+        def ours_export() -> dict[str, Any]:
+            op = KoreExportCampaignResultsOperator(
+                task_id="export", campaign_id=campaign, destination=f"file://{destination}", kore_conn_id="kore_bench"
+            )
+            return op.execute(context)
+
+        def ours_load() -> dict[str, Any]:
+            op = KoreLoadContactsOperator(
+                task_id="load",
+                contact_list_name=list_name,
+                source=f"file://{source}",
+                create_list=True,
+                description="Benchmark load",
+                batch_size=batch,
+                kore_conn_id="kore_bench",
+            )
+            return op.execute(context)
+
+        def bare_export() -> dict[str, Any]:
+            url = f"{base}/campaign/api/v2/public/{stream}/campaign/{campaign}/status?view=contacts"
+            session = requests.Session()
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            rows = 0
+            with destination.open("w", newline="", encoding="utf-8") as out:
+                writer = csv.DictWriter(out, RESULT_FIELDS, extrasaction="ignore")
+                writer.writeheader()
+                for page in range(1, 10**9):
+                    response = session.post(url, headers=headers, json={"limit": 100, "page": page}, timeout=30)
+                    response.raise_for_status()
+                    data = response.json()["data"]
+                    for row in data["results"]:
+                        codes = row.get("agentDispositionCodes")
+                        writer.writerow({**row, "agentDispositionCodes": "; ".join(codes or ())})
+                    rows += len(data["results"])
+                    if page >= data["totalPages"]:
+                        break
+            session.close()
+            return {"rows": rows}
+
+        def bare_load() -> dict[str, Any]:
+            url = f"{base}/api/1.1/public/{stream}/campaign/contactList/addContacts"
+            session = requests.Session()
+            sent = 0
+            with source.open(newline="", encoding="utf-8") as text:
+                chunk: list[dict[str, Any]] = []
+                for row in csv.DictReader(text):
+                    chunk.append({k: v for k, v in row.items() if v})
+                    if len(chunk) == batch:
+                        session.post(
+                            url, headers=headers, json={"contact_list_name": list_name, "data": chunk}, timeout=30
+                        ).raise_for_status()
+                        sent, chunk = sent + len(chunk), []
+                if chunk:
+                    session.post(
+                        url, headers=headers, json={"contact_list_name": list_name, "data": chunk}, timeout=30
+                    ).raise_for_status()
+                    sent += len(chunk)
+            session.close()
+            return {"sent": sent}
+
+        run = {
+            ("ours", "export"): ours_export,
+            ("ours", "load"): ours_load,
+            ("bare", "export"): bare_export,
+            ("bare", "load"): bare_load,
+        }[(side, job)]
+        sim.call("reset_log")
+        gc.collect()
+        reset = _reset_peak_rss()
+        rss_before = _rss_now_mb() if reset else _rss_mb()
+        cpu_before = time.process_time()
+        wall_before = time.perf_counter()
+        outcome = run()
+        wall = time.perf_counter() - wall_before
+        cpu = time.process_time() - cpu_before
+        rss_peak = _rss_mb()
+        rss_after = _rss_now_mb()
+        stats = sim.call("stats")
+        listed = sim.call("list_info", name=list_name) if job == "load" else None
+    if job == "export":
+        with destination.open(newline="", encoding="utf-8") as written:
+            file_rows = sum(1 for _ in csv.reader(written)) - 1
+        stored = None
+    else:
+        file_rows = None
+        stored = listed.get("totalRecordCount") if listed else None
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    requests_made = stats["requests"]
+    data_requests = requests_made - (1 if job == "load" and side == "ours" else 0)  # the create-list call
+    return {
+        "job": job,
+        "side": side,
+        "rows": n,
+        "batch_size": batch if job == "load" else 100,
+        "outcome": outcome,
+        "file_rows": file_rows,
+        "stored_contacts": stored,
+        "requests": requests_made,
+        "data_requests": data_requests,
+        "by_status": stats["by_status"],
+        "tcp_connections": stats["connections_opened"],
+        "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        "requests_per_second": requests_made / wall if wall else None,
+        "cpu_per_page_ms": cpu / data_requests * 1e3 if data_requests else None,
+        "rss_before_mb": rss_before,
+        "rss_peak_delta_mb": rss_peak - rss_before,
+        "rss_after_delta_mb": rss_after - rss_before,
+        "peak_reset": reset,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 # Fleet: N waits on one connection with a request budget, against a rate-limited simulator.
 
 
@@ -492,7 +703,13 @@ def bench_e2e(args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-SECTIONS = {"requests": bench_requests, "triggers": bench_triggers, "fleet": bench_fleet, "e2e": bench_e2e}
+SECTIONS = {
+    "requests": bench_requests,
+    "triggers": bench_triggers,
+    "pipeline": bench_pipeline,
+    "fleet": bench_fleet,
+    "e2e": bench_e2e,
+}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Smoke test of the benchmark command: it runs, writes its JSON, and the counts hold.
 
 Timings are never asserted (machines are noisy); only counts: 100 status reads through one
-hook are 100 HTTP requests, one signed JWT and one TCP connection.
+hook are 100 HTTP requests, one signed JWT and one TCP connection; a small export and load
+through the pipeline operators move every row on one connection. The one memory bound checked
+is issue 14's 50 MiB, far above what a small run grows (a few MiB of first-use costs).
 """
 
 from __future__ import annotations
@@ -74,3 +76,42 @@ def test_table_renders_every_section_from_a_saved_report() -> None:
     assert len(rows) == len(report["table"])
     text = bench.render(rows)
     assert text.count("\n") == len(rows) + 1
+
+
+def run_pipeline_worker(job: str, rows: int) -> dict:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH.parent / "_work.py"),
+            "pipeline",
+            json.dumps({"job": job, "side": "ours", "rows": rows}),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    output = proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, output
+    assert lines, output
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def test_pipeline_export_benchmark_writes_every_row_page_by_page() -> None:
+    result = run_pipeline_worker("export", 1_000)
+    assert result["outcome"]["rows"] == 1_000
+    assert result["file_rows"] == 1_000
+    assert result["requests"] == 10  # pages of 100
+    assert result["by_status"] == {"200": 10}
+    assert result["tcp_connections"] == 1
+    assert result["rss_peak_delta_mb"] < 50
+
+
+def test_pipeline_load_benchmark_stores_every_contact_in_batches() -> None:
+    result = run_pipeline_worker("load", 1_200)
+    assert result["outcome"]["sent"] == 1_200
+    assert result["stored_contacts"] == 1_200
+    assert result["requests"] == 1 + 3  # create the list, then batches of 500
+    assert result["tcp_connections"] == 1
+    assert result["rss_peak_delta_mb"] < 50
