@@ -10,7 +10,12 @@ from unittest import mock
 import pytest
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_kore._compat import AirflowException, AirflowSensorTimeout, AirflowSkipException, TaskDeferred
+from airflow_provider_kore._compat import AirflowException, AirflowSensorTimeout, AirflowSkipException
+
+try:
+    from airflow.sdk.exceptions import TaskDeferred
+except ImportError:  # Airflow 3.0
+    from airflow.exceptions import TaskDeferred
 from airflow_provider_kore.exceptions import (
     KoreAuthError,
     KoreCampaignStatusError,
