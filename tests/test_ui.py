@@ -506,5 +506,6 @@ def test_ui_test_button(api_server: ApiServer, simulator: KoreSimulator, browser
     browser.get(f"{api_server.url}/connections")
     assert _row_test(browser, "kore_ui_good") == "green"
     assert _row_test(browser, "kore_ui_wrong") == "red"
-    _wait(browser, lambda d: "rejected the credentials" in d.page_source, "the failure message")
+    _wait(browser, lambda d: "HTTP 401" in d.page_source, "the failure message")
+    assert "Client ID / Client Secret" in browser.page_source  # the message says which fields to check
     assert wrong["password"] not in browser.page_source
