@@ -147,6 +147,7 @@ class KoreLoadContactsOperator(BaseOperator):
         stream_id = rendered_optional_id("stream_id", self.stream_id)
         rows, where = self._rows()
         fields = {_KEY_NOISE.sub("", field).lower(): field for field in api.CONTACT_FIELDS}
+        columns: dict[object, str | None] = {}
 
         def contact(row: object) -> dict[str, Any]:
             if isinstance(row, Exception):
@@ -157,8 +158,9 @@ class KoreLoadContactsOperator(BaseOperator):
                 raise KoreConfigurationError("more fields than the header row has columns")
             mapped: dict[str, Any] = {}
             for key, value in row.items():
-                field = fields.get(_KEY_NOISE.sub("", str(key)).lower())
-                if field is not None:
+                if key not in columns:  # a file has few distinct columns: match each name once
+                    columns[key] = fields.get(_KEY_NOISE.sub("", str(key)).lower())
+                if (field := columns[key]) is not None:
                     mapped[field] = value
             return api.contact_payload(mapped)
 
