@@ -751,6 +751,25 @@ def test_on_kill_does_not_wait_behind_a_rate_limit_pause(sim, sleeps):
     assert waited_for_stop == 0
 
 
+def test_on_kill_returns_in_time_even_when_the_connection_lookup_hangs(sim, trigger_logs, monkeypatch):
+    # Airflow gives on_kill 30 s; the lookup of a client the cancelled wait released counts too.
+    real_load = KoreConnectionConfig.load
+
+    def slow_load(conn_id):
+        time.sleep(3)
+        return real_load(conn_id)
+
+    monkeypatch.setattr(KoreConnectionConfig, "load", slow_load)
+    monkeypatch.setattr(campaign_module, "STOP_DEADLINE", 0.1)
+    monkeypatch.setattr(campaign_module, "LAST_ATTEMPT_TIMEOUT", 0.1)
+    started = time.monotonic()
+    asyncio.run(make(stop_on_kill=True).on_kill())
+    assert time.monotonic() - started < 2.5  # not held by the 3 s lookup
+    (warning,) = trigger_logs.messages("warning")
+    assert "Could not stop Kore.ai campaign cd-voice-renewal-0001" in warning
+    assert sim.status_of(VOICE) == "Active"
+
+
 def test_on_kill_does_nothing_without_stop_on_kill(sim):
     asyncio.run(make().on_kill())
     assert sim.count() == 0
