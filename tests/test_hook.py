@@ -329,6 +329,37 @@ def test_a_rotated_secret_is_picked_up_after_a_second_401(monkeypatch, requests_
     assert hook.config.client_secret == SECRET
 
 
+def test_after_a_reload_the_request_follows_the_changed_connection(monkeypatch, requests_mock):
+    """A connection fixed after a 401 (new host and secret) is used for the very next attempt."""
+    set_conn(monkeypatch, password="old-client-secret-0123456789abcdef0123")
+    hook = KoreHook()
+    hook._sleep = lambda seconds: None
+    _ = hook.config
+
+    def refused(request, context):
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_KORE_DEFAULT",
+            json.dumps(
+                {
+                    "conn_type": "kore",
+                    "host": "https://kore-new.test",
+                    "login": "cs-app-1",
+                    "password": SECRET,
+                    "extra": {"account_id": "acc-1", "stream_id": "st-1"},
+                }
+            ),
+        )
+        context.status_code = 401
+        return {"errors": [{"msg": "Invalid token"}]}
+
+    requests_mock.post(STATUS_URL, json=refused)
+    requests_mock.post(STATUS_URL.replace("kore.test", "kore-new.test"), json=STATUS_BODY)
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    hosts = [urlsplit(r.url).hostname for r in requests_mock.request_history]
+    assert hosts == ["kore.test", "kore.test", "kore-new.test"]
+    jwt.decode(requests_mock.request_history[-1].headers["auth"], SECRET, algorithms=["HS256"])
+
+
 # -- retries ---------------------------------------------------------------------------------------
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any
 
@@ -36,11 +36,6 @@ from airflow_provider_kore.ids import (
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
 #: The Test button waits at most this long in all.
 TEST_CONNECTION_DEADLINE = 15.0
-#: Rows per page when listing campaigns; contact outcomes come 100 a page (Kore's maximum).
-CAMPAIGN_PAGE = 100
-CONTACT_PAGE = 100
-#: Contacts per add-contacts request: Kore documents no limit, so bodies stay small.
-DEFAULT_BATCH_SIZE = 500
 
 
 def network_failure(exc: requests.exceptions.RequestException) -> engine.NetworkFailure:
@@ -285,7 +280,11 @@ class KoreHook(KorePipelineCalls, BaseHook):
         **params: object,
     ) -> dict[str, Any]:
         """Prepare, then send until the engine says done (or raise what it says)."""
-        call = api.prepare(self.config, operation, stream_id=stream_id, body=body, subject=subject, **params)
+
+        def build() -> api.PreparedCall:  # again after a reload: the connection may have changed
+            return api.prepare(self.config, operation, stream_id=stream_id, body=body, subject=subject, **params)
+
+        call = build()
         deadline = deadline if deadline is not None else self.deadline
         now = pacing.clock()
         until = now + (deadline - time.time() if deadline is not None else pacing.RATE_LIMIT_PATIENCE)
@@ -298,10 +297,26 @@ class KoreHook(KorePipelineCalls, BaseHook):
             priority=priority,
             deadline=until,
         )
-        pacer = self.pacer
         # A priority stop may run in on_kill, i.e. a SIGTERM handler interrupting this thread mid-request:
         # it takes no lock the interrupted call could hold (its own session, the pacer's lock-free path).
         session = self._new_session() if priority else self.session
+        try:
+            return self._exchange(exchange, build, session, until, priority, timeout)
+        finally:
+            if priority:
+                session.close()
+
+    def _exchange(
+        self,
+        exchange: engine.Exchange,
+        build: Callable[[], api.PreparedCall],
+        session: requests.Session,
+        until: float,
+        priority: bool,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """Send until the engine says done; raise what it says."""
+        call, pacer = exchange.call, self.pacer
         while True:
             token = self.signer.token()
             try:
@@ -333,7 +348,12 @@ class KoreHook(KorePipelineCalls, BaseHook):
             if decision.action == "resign":
                 self.signer.invalidate(token)
             elif decision.action == "reload":
-                exchange.reloaded(self._reload()).final()
+                exchange.reloaded(changed := self._reload()).final()
+                if changed:  # the rotated connection may name another host, account or secret
+                    exchange.call = call = build()
+                    exchange.secrets = Secrets(self.config.client_secret)
+                    if not priority:
+                        session = self.session
             elif decision.action == "retry":
                 self.log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
                 self._sleep(decision.delay)
@@ -348,6 +368,7 @@ class KoreHook(KorePipelineCalls, BaseHook):
         if config == self.config:
             return False
         self.log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
+        self.close()
         self.__dict__["config"] = config
         self.__dict__.pop("signer", None)
         self.__dict__.pop("session", None)
