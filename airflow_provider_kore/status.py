@@ -26,8 +26,6 @@ FAILED = "Failed"
 KNOWN_STATUSES = (READY, SCHEDULED, ACTIVE, PAUSED, COMPLETED, STOPPED, FAILED)
 #: A campaign in one of these will not move again by itself.
 TERMINAL_STATUSES = frozenset({"completed", "stopped", "failed", "cancelled", "canceled", "aborted"})
-#: A start has taken effect (the campaign runs, or already ran to its end).
-RUNNING_STATUSES = frozenset({"active"})
 DEFAULT_TARGET_STATUSES = (COMPLETED,)
 DEFAULT_FAILURE_STATUSES = (FAILED,)
 
