@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         cmd = [str(py), str(ROOT / "benchmarks" / "run.py"), *rest]
     else:
-        cmd = [str(py), "-m", "pytest", *(rest or ["-q"])]
+        # Four workers (pytest-xdist) overlap the suite's real-time waits; tests/conftest.py groups them.
+        cmd = [str(py), "-m", "pytest", *(rest or ["-q", "-n", "4", "--dist", "loadgroup"])]
     return subprocess.run(cmd, cwd=ROOT, env=environ).returncode
 
 

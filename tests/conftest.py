@@ -140,3 +140,22 @@ def e2e_airflow(tmp_path_factory: pytest.TempPathFactory) -> E2EAirflow:
     )
     assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
     return E2EAirflow(root=root, template_db=template / "airflow.db", migrate_seconds=time.monotonic() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel runs (``python3 run.py test`` passes ``-n 4 --dist loadgroup`` to pytest-xdist). Most of
+# the suite's time is real time (Airflow processes starting, pacing scenarios), so workers overlap
+# it. A file's tests stay on one worker (they share module fixtures: a deployment, a scenario
+# run), except tests marked ``own_worker``; the longest groups are handed out first.
+LONGEST_FIRST = ("test_pacing.py", "test_e2e_dags.py", "test_e2e_scheduler.py", "test_run_dag.py", "test_ui.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests stay together and in order
+    for item in items:
+        group = item.nodeid if item.get_closest_marker("own_worker") else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
