@@ -15,7 +15,6 @@ from airflow_provider_kore.exceptions import KoreConfigurationError
 if TYPE_CHECKING:
     from airflow_provider_kore.hooks.kore import KoreHook
 
-FORMATS = ("csv", "jsonl")
 _FORMAT_BY_SUFFIX = {"csv": "csv", "jsonl": "jsonl", "ndjson": "jsonl"}
 
 
@@ -29,8 +28,8 @@ def file_uri(name: str, value: object) -> str:
 def file_format(name: str, uri: str, given: str | None, fallback: str | None = None) -> str:
     """``"csv"`` or ``"jsonl"``: ``given`` (the argument ``name``), else from the extension, else ``fallback``."""
     if given is not None:
-        if given not in FORMATS:
-            raise KoreConfigurationError(f"{name} must be one of {', '.join(FORMATS)}; got {given!r}")
+        if given not in ("csv", "jsonl"):
+            raise KoreConfigurationError(f"{name} must be one of csv, jsonl; got {given!r}")
         return given
     base = uri.rsplit("/", 1)[-1].lower()
     found = _FORMAT_BY_SUFFIX.get(base.rsplit(".", 1)[-1] if "." in base else "", fallback)
@@ -49,7 +48,7 @@ class KoreOperatorBase(BaseOperator):
         super().__init__(**kwargs)
         self.stream_id = stream_id
         self.kore_conn_id = kore_conn_id
-        # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
+        # Every operator refuses what it can at DAG-parse time; templates are checked again after rendering.
         waiting.validate_id_unless_template("stream_id", stream_id, optional=True)
 
     @cached_property

@@ -1,5 +1,4 @@
-"""Operators that start and stop Kore.ai campaigns. The hook and the trigger are imported only when a
-task runs: DAG files stay cheap to parse."""
+"""Operators that start and stop Kore.ai campaigns (the hook and trigger are imported when a task runs)."""
 
 from __future__ import annotations
 
@@ -161,21 +160,15 @@ class KoreStartCampaignOperator(_CampaignCall):
         return self._wait(campaign_id, stream_id, rule, result)
 
     def _started_earlier(self, context: Context, campaign_id: str, stream_id: str | None) -> dict[str, Any] | None:
-        """On a retry: the result to return if an earlier try's start took effect, else None.
-
-        The earlier answer may be lost, so the campaign is the evidence: ``Ready``: nothing ran;
-        another non-terminal status: a start took effect; a terminal one: only if its last execution
-        (``campaignInstanceUpdatedAt`` in the list row; ``updatedAt`` is the definition's) is newer
-        than this DAG run.
-        """
+        """On a retry, the result if an earlier try's start took effect (its answer may be lost), else None:
+        not ``Ready`` nor terminal means it did; terminal, only if the campaign list row's last execution
+        (``campaignInstanceUpdatedAt``; ``updatedAt`` is the definition's) is newer than this DAG run."""
         try_number = getattr(context.get("ti"), "try_number", None) or 1
         if try_number <= 1:
             return None
         status = str(self.hook.get_campaign_status(campaign_id, stream_id=stream_id).get("status") or "")
         reason = None
-        if status.lower() != "ready" and not is_terminal(status):
-            reason = f"Campaign is {status}: an earlier try's start took effect; not started again"
-        elif status.lower() != "ready":
+        if is_terminal(status):
             import pendulum
 
             rows = self.hook.list_campaigns(self.campaign_type, stream_id=stream_id)
@@ -189,6 +182,8 @@ class KoreStartCampaignOperator(_CampaignCall):
                 run_start = run_start.replace(tzinfo=timezone.utc)  # Airflow keeps times in UTC
             if isinstance(ran_at, datetime) and isinstance(run_start, datetime) and ran_at >= run_start:
                 reason = f"Campaign is {status} after an execution at {ran_at.isoformat()}, since this DAG run began"
+        elif status.lower() != "ready":
+            reason = f"Campaign is {status}: an earlier try's start took effect; not started again"
         if reason is None:
             self.log.info("Try %d: Kore.ai campaign %s is %s: starting it", try_number, campaign_id, status)
             return None
@@ -235,8 +230,7 @@ class KoreStartCampaignOperator(_CampaignCall):
         return {**start_result, "start_status": start_result.get("status"), "status": final}
 
     def _stop_if_asked(self, campaign_id: str, stream_id: str | None, why: str) -> None:
-        # A wait that gives up or a killed task must not leave the campaign running unobserved
-        # (dbt Cloud's deferred timeout leaves its remote job running) when the user said so.
+        # A wait that gives up or a killed task must not leave the campaign running unobserved, if asked.
         if not self.stop_on_kill:
             return
         self.log.warning(why, campaign_id)

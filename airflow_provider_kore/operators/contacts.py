@@ -81,7 +81,6 @@ class KoreLoadContactsOperator(KoreOperatorBase):
         self.allow_duplicates = bool(allow_duplicates)
         self.on_bad_rows = on_bad_rows
         self.batch_size = batch_size
-        # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
         if not is_template(contact_list_name):
             ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
         if description is not None and not is_template(description):
