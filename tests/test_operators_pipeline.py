@@ -6,6 +6,8 @@ import csv
 import json
 import subprocess
 import sys
+import time
+from datetime import timedelta
 from pathlib import Path
 from unittest import mock
 
@@ -351,6 +353,21 @@ def test_export_destination_is_templated():
         task_id="export", campaign_name="{{ params.name }}", campaign_type="voice", destination="file:///d/{{ ds }}.csv"
     )
     assert {"campaign_id", "campaign_name", "destination", "stream_id"} <= set(op.template_fields)
+
+
+def test_load_and_export_hooks_give_up_at_the_tasks_execution_timeout(tmp_path):
+    """Like the start and stop operators' hooks: a wait on Kore ends when the task's time is up."""
+    load = KoreLoadContactsOperator(
+        task_id="load", contact_list_name="Nightly", contacts=[], execution_timeout=timedelta(minutes=10)
+    )
+    export = KoreExportCampaignResultsOperator(
+        task_id="export", campaign_id="cd-1", destination=str(tmp_path / "r.csv"), execution_timeout=timedelta(hours=1)
+    )
+    before = time.time()
+    assert isinstance(load.hook, KoreHook)
+    assert before + 600 <= load.hook.deadline <= time.time() + 600
+    assert before + 3600 <= export.hook.deadline <= time.time() + 3600
+    assert KoreLoadContactsOperator(task_id="no_limit", contact_list_name="N", contacts=[]).hook.deadline is None
 
 
 # -- start / stop / sensor by name ------------------------------------------------------------------

@@ -1,7 +1,4 @@
-"""``KoreExportCampaignResultsOperator``: every contact's outcome of a campaign, into a CSV or JSON Lines file.
-
-The hook and ``ObjectStoragePath`` are imported when the task runs, not when the DAG is parsed.
-"""
+"""``KoreExportCampaignResultsOperator``: every contact's outcome of a campaign, into a CSV or JSON Lines file."""
 
 from __future__ import annotations
 
@@ -11,24 +8,13 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kore import ids
-from airflow_provider_kore._compat import BaseOperator
-from airflow_provider_kore.operators.contacts import file_uri, given_format
-from airflow_provider_kore.waiting import (
-    campaign_id_for,
-    check_campaign_choice,
-    is_template,
-    rendered_optional_id,
-    validate_id_unless_template,
-)
+from airflow_provider_kore.operators._base import KoreCampaignOperatorBase, file_format, file_uri
+from airflow_provider_kore.waiting import is_template
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_kore.hooks.kore import KoreHook
 
 #: The documented fields of a contact outcome: the CSV's columns, in this order.
 RESULT_FIELDS = (
@@ -43,37 +29,23 @@ RESULT_FIELDS = (
 )
 #: The count key for an empty outcome (the dialer has not finished with the number).
 EMPTY = "(empty)"
-_LOCAL = ("", "file", "local")
-
-
-def _format(destination: str, given: str | None) -> str:
-    if given is not None:
-        return given_format("format", given)
-    return "jsonl" if destination.lower().endswith((".jsonl", ".ndjson")) else "csv"
 
 
 def _cell(value: object) -> object:
     """A CSV cell: lists joined with "; " (disposition codes), objects as JSON."""
     if isinstance(value, (list, tuple)):
         return "; ".join(str(item) for item in value)
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return value
+    return json.dumps(value, sort_keys=True) if isinstance(value, dict) else value
 
 
-class KoreExportCampaignResultsOperator(BaseOperator):
+class KoreExportCampaignResultsOperator(KoreCampaignOperatorBase):
     """Export the outcome of every contact of a campaign (``status?view=contacts``) to a file.
 
-    Streamed page by page into a temporary file beside the destination, then moved into place:
-    a reader never sees a half-written file. CSV has the :data:`RESULT_FIELDS` as columns
-    (``agentDispositionCodes`` joined with "; "); JSON Lines keeps each record as Kore sent it.
+    Streamed into a temporary file beside the destination, then moved into place: a reader never sees
+    half a file. CSV has the :data:`RESULT_FIELDS` as columns; JSON Lines keeps each record whole. XCom:
+    ``{"path", "campaign_id", "rows", "by_dialer_outcome", "by_outbound_status"}`` (``"(empty)"`` counts none yet).
 
-    The XCom value is ``{"path", "campaign_id", "rows", "by_dialer_outcome", "by_outbound_status"}``
-    (counts keyed by Kore's values, ``"(empty)"`` for none yet).
-
-    :param destination: An ``ObjectStoragePath`` URI (templated), e.g.
-        ``file:///data/kore/{{ ds }}/results.csv`` or ``s3://bucket/kore/{{ ds }}.jsonl``. Local
-        folders are created; an existing file is replaced.
+    :param destination: An ``ObjectStoragePath`` URI (templated); local folders are created, a file replaced.
     :param campaign_id: The campaign (templated). Or:
     :param campaign_name: The campaign's exact name (templated), looked up when the task runs; with
     :param campaign_type: ``"voice"`` or ``"sms"``.
@@ -85,51 +57,23 @@ class KoreExportCampaignResultsOperator(BaseOperator):
     template_fields: Sequence[str] = ("campaign_id", "campaign_name", "destination", "stream_id")
     ui_color = "#e3f1e8"
 
-    def __init__(
-        self,
-        *,
-        destination: str,
-        campaign_id: str | None = None,
-        campaign_name: str | None = None,
-        campaign_type: str | None = None,
-        format: str | None = None,
-        stream_id: str | None = None,
-        kore_conn_id: str = ids.DEFAULT_CONN_ID,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, destination: str, format: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        check_campaign_choice(campaign_id, campaign_name, campaign_type)
         if not is_template(destination):
             file_uri("destination", destination)
-        _format(destination if isinstance(destination, str) else "", format)
-        validate_id_unless_template("stream_id", stream_id, optional=True)
+        file_format("format", destination if isinstance(destination, str) else "", format, "csv")
         self.destination = destination
-        self.campaign_id = campaign_id
-        self.campaign_name = campaign_name
-        self.campaign_type = None if campaign_type is None else ids.validate_campaign_type(campaign_type)
         self.format = format
-        self.stream_id = stream_id
-        self.kore_conn_id = kore_conn_id
-
-    @cached_property
-    def hook(self) -> KoreHook:
-        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker)."""
-        from airflow_provider_kore.hooks.kore import KoreHook
-
-        return KoreHook(kore_conn_id=self.kore_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Write every contact outcome to a temporary file beside the destination, then move it there."""
         from airflow_provider_kore._compat import object_storage_path
 
-        stream_id = rendered_optional_id("stream_id", self.stream_id)
-        fmt = _format(file_uri("destination", self.destination), self.format)
-        campaign_id = campaign_id_for(
-            self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log
-        )
+        fmt = file_format("format", file_uri("destination", self.destination), self.format, "csv")
+        campaign_id, stream_id = self._campaign()
         rows = self.hook.iter_campaign_contacts(campaign_id, stream_id=stream_id)
-        destination = object_storage_path(file_uri("destination", self.destination))
-        if destination.protocol in _LOCAL:
+        destination = object_storage_path(self.destination)
+        if destination.protocol in ("", "file", "local"):
             destination.parent.mkdir(parents=True, exist_ok=True)
         # Hidden, unique, in the same folder: the final move is a rename on a local disk.
         temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}.tmp"
@@ -164,6 +108,3 @@ class KoreExportCampaignResultsOperator(BaseOperator):
             "by_dialer_outcome": dict(outcomes),
             "by_outbound_status": dict(statuses),
         }
-
-
-__all__ = ["KoreExportCampaignResultsOperator"]
