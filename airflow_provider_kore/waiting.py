@@ -143,8 +143,8 @@ class CampaignStatusWatch:
     max_consecutive_errors: int | None = None
     log: Any = _LOG
     consecutive_errors: int = field(default=0, init=False)
-    started: float = field(default_factory=time.monotonic, init=False)
-    unknown_seen: set[str] = field(default_factory=set, init=False)
+    _started: float = field(default_factory=time.monotonic, init=False)
+    _unknown_seen: set[str] = field(default_factory=set, init=False)
 
     def check(self, hook: KoreHook, *, deadline: float | None = None) -> tuple[Verdict, dict[str, Any] | None]:
         """Read the status once, by ``deadline`` (epoch seconds; running out of time is "not yet"):
@@ -170,12 +170,12 @@ class CampaignStatusWatch:
         if verdict == "failure":
             why = self.rule.explain_failure(campaign, status)
             raise KoreCampaignStatusError(why, campaign_id=campaign, status=status)
-        if verdict == "waiting" and not is_known(status) and status.lower() not in self.unknown_seen:
-            self.unknown_seen.add(status.lower())
+        if verdict == "waiting" and not is_known(status) and status.lower() not in self._unknown_seen:
+            self._unknown_seen.add(status.lower())
             unknown = "Kore.ai campaign %s reports status %r, which this provider does not know: waiting on it"
             self.log.warning(unknown, campaign, status)
         waiting_for = "" if verdict == "success" else f"; waiting for {', '.join(self.rule.target_statuses)}"
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self._started
         self.log.info("Kore.ai campaign %s is %s after %.0fs%s", campaign, status, elapsed, waiting_for)
         return verdict, data
 
@@ -227,30 +227,23 @@ def check_trigger_event(event: object, campaign_id: str, rule: StatusRule | None
     if not isinstance(event, Mapping):
         raise KoreError(f"{where}: the wait ended without a trigger event ({type(event).__name__}); failing closed")
     kind = event.get("status")
-    status = event.get("campaign_status")
-    status_text = None if status is None else str(status)
+    status = None if event.get("campaign_status") is None else str(event["campaign_status"])
     message = redact(str(event.get("message") or "")) or None
     if event.get("campaign_id") not in (None, campaign_id):
         raise KoreError(f"{where}: the trigger reported on campaign {event.get('campaign_id')!r}; failing closed")
+    if kind == "success" and rule is not None and rule.verdict(status) != "success":
+        targets = ", ".join(rule.target_statuses)
+        raise KoreError(
+            f"{where}: the trigger reported success with status {status!r}, not one of {targets}; failing closed"
+        )
     if kind == "success":
-        if rule is not None and rule.verdict(status_text) != "success":
-            raise KoreError(
-                f"{where}: the trigger reported success with status {status_text!r}, "
-                f"which is not one of {', '.join(rule.target_statuses)}; failing closed"
-            )
         return dict(event)
     if kind == "failure":
-        raise KoreCampaignStatusError(
-            message or f"{where} is {status_text!r}, a status the wait must not end in",
-            campaign_id=campaign_id,
-            status=status_text or "",
-        )
+        why = message or f"{where} is {status!r}, a status the wait must not end in"
+        raise KoreCampaignStatusError(why, campaign_id=campaign_id, status=status or "")
     if kind == "timeout":
-        raise KoreCampaignTimeoutError(
-            message or f"{where} did not reach the target status in time (last status {status_text!r})",
-            campaign_id=campaign_id,
-            status=status_text,
-        )
+        why = message or f"{where} did not reach the target status in time (last status {status!r})"
+        raise KoreCampaignTimeoutError(why, campaign_id=campaign_id, status=status)
     if kind == "error":
         raise KoreError(message or f"{where}: the wait failed with an error the trigger did not describe")
     raise KoreError(f"{where}: unknown trigger event status {kind!r} (expected success, failure, timeout or error)")

@@ -2,11 +2,7 @@
 
 Waits on one connection share the event loop's client (one lookup, session and JWT), its request
 budget and 429 pauses (a 429 never ends a wait); waits on one campaign share their status reads.
-Fires exactly one :class:`TriggerEvent`, ``{"status": "success" | "failure" | "timeout" | "error",
-"campaign_id", "campaign_status" (the last status read), "data" (its ``data`` object), "message"
-(never a secret), "polls" (reads by this run), "elapsed" (seconds), "counters": {"requests" (sent
-for this wait, retries included), "coalesced" (reads answered by another wait's request or recent
-answer), "rate_limited" (429s to this wait), "pauses" (connection-wide 429 pauses meanwhile)}}``.
+It fires exactly one event, whose payload :meth:`_Progress.event` builds.
 """
 
 from __future__ import annotations
@@ -206,10 +202,8 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             due = time.time() + delay
 
     def first_read_due(self, started_at: float) -> float | None:
-        """Epoch seconds of the first read for a run started at ``started_at`` (before ``end_time``):
-        one poll interval after ``last_read_at``, never within :data:`MIN_FIRST_READ_DELAY` of the
-        start. None without ``last_read_at``: read at once.
-        """
+        """Epoch seconds of the first read of a run started at ``started_at`` (None: at once; ``end_time`` may
+        come first): one poll after ``last_read_at``, never within :data:`MIN_FIRST_READ_DELAY` of the start."""
         if self.last_read_at is None:
             return None
         return max(self.last_read_at + self.poll_interval, started_at + MIN_FIRST_READ_DELAY)
@@ -230,9 +224,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             await lease.release()
 
     async def on_kill(self) -> None:
-        """With ``stop_on_kill``, stop the campaign (Airflow 3.3+: the user killed the deferred task).
-        Errors are logged, not raised: the task is already being ended.
-        """
+        """With ``stop_on_kill``, stop the campaign (Airflow 3.3+: the deferred task was killed); errors are logged."""
         if not self.stop_on_kill:
             return
         deadline = time.time() + STOP_DEADLINE  # the connection lookup counts too
@@ -275,19 +267,20 @@ class _Progress:
     pauses_before: int = 0
 
     def event(self, outcome: str, message: str) -> dict[str, Any]:
-        """The one payload shape every event of this trigger has."""
+        """The one payload shape every event of this trigger has (``status``: success, failure, timeout or error)."""
         return {
             "status": outcome,
             "campaign_id": self.campaign_id,
-            "campaign_status": self.status,
+            "campaign_status": self.status,  # the last status read, and its ``data`` object
             "data": self.data,
-            "message": message,
+            "message": message,  # never a secret
             "polls": self.polls,
             "elapsed": round(time.monotonic() - self.started, 3),
             "counters": {
-                "requests": self.counters.requests,
-                "coalesced": self.counters.coalesced,
-                "rate_limited": self.counters.rate_limited,
+                "requests": self.counters.requests,  # sent for this wait's reads, retries included
+                "coalesced": self.counters.coalesced,  # reads answered by another wait's request or answer
+                "rate_limited": self.counters.rate_limited,  # 429s to this wait's requests
+                # Connection-wide 429 pauses while this wait ran.
                 "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
             },
         }
