@@ -1,7 +1,5 @@
-"""What the operators and the status sensor share: argument checks that tell a template from a
-value, one status read judged, the hand-over to the trigger and the fail-closed reading of its
-event. Only cheap modules are imported: DAG files import this.
-"""
+"""What the operators and the sensor share: argument checks that tell a template from a value, one
+status read judged, the hand-over to the trigger and reading its event. DAG files import this: keep it cheap."""
 
 from __future__ import annotations
 
@@ -46,9 +44,8 @@ def is_template(value: object) -> bool:
 
 def validate_id_unless_template(name: str, value: object, *, optional: bool = False) -> None:
     """Check an id at DAG-parse time, unless it is only known at run time (then it is checked in ``execute``)."""
-    if (value is None and optional) or is_template(value):
-        return
-    ids.validate_id(name, value)
+    if not ((value is None and optional) or is_template(value)):
+        ids.validate_id(name, value)
 
 
 def rendered_optional_id(name: str, value: object) -> str | None:
@@ -121,9 +118,8 @@ def campaign_id_for(
     """The (rendered) id, or the id of the one campaign with the (rendered) name."""
     if campaign_id is not None:
         return ids.validate_id("campaign_id", campaign_id)
-    found = hook.find_campaign(
-        _campaign_name(campaign_name), ids.validate_campaign_type(campaign_type), stream_id=stream_id
-    )
+    kind = ids.validate_campaign_type(campaign_type)
+    found = hook.find_campaign(_campaign_name(campaign_name), kind, stream_id=stream_id)
     log.info("Kore.ai %s campaign %r is %s", campaign_type, campaign_name, found)
     return found
 
