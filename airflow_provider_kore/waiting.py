@@ -1,13 +1,12 @@
-"""What the operators and the status sensor share: argument checks that tell a template from a
-value, one status read judged (:class:`CampaignStatusWatch`), the hand-over to the trigger and
-the fail-closed reading of its event. Only cheap modules are imported: DAG files import this.
-"""
+"""What the operators and the sensor share: argument checks that tell a template from a value, one
+status read judged, the hand-over to the trigger and reading its event. DAG files import this: keep it cheap."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -30,6 +29,7 @@ if TYPE_CHECKING:
 DEFER_TIMEOUT_MARGIN = 60.0
 #: A poke waits at most this long past its ``poke_interval`` for Kore (a 429 pause, an outage).
 POKE_GRACE = 15.0
+_LOG = logging.getLogger(__name__)
 
 
 def is_template(value: object) -> bool:
@@ -44,9 +44,8 @@ def is_template(value: object) -> bool:
 
 def validate_id_unless_template(name: str, value: object, *, optional: bool = False) -> None:
     """Check an id at DAG-parse time, unless it is only known at run time (then it is checked in ``execute``)."""
-    if (value is None and optional) or is_template(value):
-        return
-    ids.validate_id(name, value)
+    if not ((value is None and optional) or is_template(value)):
+        ids.validate_id(name, value)
 
 
 def rendered_optional_id(name: str, value: object) -> str | None:
@@ -61,22 +60,24 @@ def status_rule_unless_template(target_statuses: object, failure_statuses: objec
     return StatusRule.build(target_statuses, failure_statuses)
 
 
+def _seconds(name: str, value: object, ok: Callable[[float], bool], expected: str) -> float:
+    """Seconds from a number or a ``timedelta`` (never a bool, never NaN) that ``ok`` accepts."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not ok(seconds):
+        raise KoreConfigurationError(f"{name} must be {expected}; got {value!r}")
+    return float(seconds)
+
+
 def positive_seconds(name: str, value: object) -> float:
     """A positive number of seconds from a number or a ``timedelta``."""
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
-        raise KoreConfigurationError(f"{name} must be a positive number of seconds; got {value!r}")
-    return float(seconds)
+    return _seconds(name, value, lambda seconds: seconds > 0, "a positive number of seconds")
 
 
 def non_negative_seconds(name: str, value: object) -> float | None:
     """None, or a number of seconds >= 0 from a number or a ``timedelta``."""
     if value is None:
         return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise KoreConfigurationError(f"{name} must be None or a number of seconds >= 0; got {value!r}")
-    return float(seconds)
+    return _seconds(name, value, lambda seconds: seconds >= 0, "None or a number of seconds >= 0")
 
 
 def max_errors(value: object) -> int | None:
@@ -117,84 +118,61 @@ def campaign_id_for(
     """The (rendered) id, or the id of the one campaign with the (rendered) name."""
     if campaign_id is not None:
         return ids.validate_id("campaign_id", campaign_id)
-    found = hook.find_campaign(
-        _campaign_name(campaign_name), ids.validate_campaign_type(campaign_type), stream_id=stream_id
-    )
+    kind = ids.validate_campaign_type(campaign_type)
+    found = hook.find_campaign(_campaign_name(campaign_name), kind, stream_id=stream_id)
     log.info("Kore.ai %s campaign %r is %s", campaign_type, campaign_name, found)
     return found
 
 
+@dataclass
 class CampaignStatusWatch:
     """Reads a campaign's status and judges it: the step a sensor poke and a synchronous wait share.
 
-    :param campaign_id: The campaign to watch (rendered and validated).
-    :param rule: Which statuses end the wait well, and which badly.
-    :param stream_id: The bot (stream) id; None uses the connection's.
-    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is
-        "not yet". A number: one more transient failure in a row than this is raised.
-    :param log: Where progress is logged.
+    ``max_consecutive_errors``: None: a transient failure (429, 5xx, network) is "not yet"; a
+    number: one more transient failure in a row than this is raised.
     """
 
-    def __init__(
-        self,
-        campaign_id: str,
-        rule: StatusRule,
-        *,
-        stream_id: str | None = None,
-        max_consecutive_errors: int | None = None,
-        log: logging.Logger | Any = None,
-    ) -> None:
-        self.campaign_id = campaign_id
-        self.rule = rule
-        self.stream_id = stream_id
-        self.max_consecutive_errors = max_consecutive_errors
-        self.log = log or logging.getLogger(__name__)
-        self.consecutive_errors = 0
-        self.polls = 0
-        self._started = time.monotonic()
-        self._unknown_seen: set[str] = set()
+    campaign_id: str
+    rule: StatusRule
+    _: KW_ONLY
+    stream_id: str | None = None
+    max_consecutive_errors: int | None = None
+    log: Any = _LOG
+    consecutive_errors: int = field(default=0, init=False)
+    _started: float = field(default_factory=time.monotonic, init=False)
+    _unknown_seen: set[str] = field(default_factory=set, init=False)
 
     def check(self, hook: KoreHook, *, deadline: float | None = None) -> tuple[Verdict, dict[str, Any] | None]:
-        """Read the status once: ``("success", data)``, ``("waiting", data or None)``, or raise
-        :class:`KoreCampaignStatusError` on a failure status and a non-transient :class:`KoreError`.
-
-        :param deadline: Epoch seconds by which the read gives up; running out of time is "not yet".
+        """Read the status once, by ``deadline`` (epoch seconds; running out of time is "not yet"):
+        ``("success", data)`` or ``("waiting", data or None)``; raise :class:`KoreCampaignStatusError`
+        on a failure status and any :class:`KoreError` that is not transient.
         """
-        self.polls += 1
+        campaign = self.campaign_id
         try:
-            data = hook.get_campaign_status(self.campaign_id, stream_id=self.stream_id, deadline=deadline)
+            data = hook.get_campaign_status(campaign, stream_id=self.stream_id, deadline=deadline)
         except KoreError as exc:
             if not exc.transient:
                 raise
             self.consecutive_errors += 1
             limit = self.max_consecutive_errors
             if limit is not None and self.consecutive_errors > limit:
-                self.log.error("Kore.ai campaign %s: %d status reads in a row failed", self.campaign_id, limit + 1)
+                self.log.error("Kore.ai campaign %s: %d status reads in a row failed", campaign, limit + 1)
                 raise
-            self.log.warning("Kore.ai campaign %s: not yet, Kore.ai is unavailable (%s)", self.campaign_id, exc)
+            self.log.warning("Kore.ai campaign %s: not yet, Kore.ai is unavailable (%s)", campaign, exc)
             return "waiting", None
         self.consecutive_errors = 0
         status = str(data.get("status", ""))
         verdict = self.rule.verdict(status)
-        elapsed = time.monotonic() - self._started
         if verdict == "failure":
-            raise KoreCampaignStatusError(
-                self.rule.explain_failure(self.campaign_id, status), campaign_id=self.campaign_id, status=status
-            )
-        if verdict == "success":
-            self.log.info("Kore.ai campaign %s is %s after %.0fs", self.campaign_id, status, elapsed)
-            return verdict, data
-        if not is_known(status) and status.lower() not in self._unknown_seen:
+            why = self.rule.explain_failure(campaign, status)
+            raise KoreCampaignStatusError(why, campaign_id=campaign, status=status)
+        if verdict == "waiting" and not is_known(status) and status.lower() not in self._unknown_seen:
             self._unknown_seen.add(status.lower())
-            self.log.warning(
-                "Kore.ai campaign %s reports status %r, which this provider does not know: waiting on it",
-                self.campaign_id,
-                status,
-            )
-        waited_for = ", ".join(self.rule.target_statuses)
-        self.log.info(
-            "Kore.ai campaign %s is %s after %.0fs; waiting for %s", self.campaign_id, status, elapsed, waited_for
-        )
+            unknown = "Kore.ai campaign %s reports status %r, which this provider does not know: waiting on it"
+            self.log.warning(unknown, campaign, status)
+        waiting_for = "" if verdict == "success" else f"; waiting for {', '.join(self.rule.target_statuses)}"
+        elapsed = time.monotonic() - self._started
+        self.log.info("Kore.ai campaign %s is %s after %.0fs%s", campaign, status, elapsed, waiting_for)
         return verdict, data
 
 
@@ -210,15 +188,12 @@ def defer_wait(
     kwargs: dict[str, Any],
     **trigger_args: Any,
 ) -> NoReturn:
-    """Hand the wait to :class:`~airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger`
-    (resuming in ``execute_complete`` with ``kwargs``); called right after the task's own read."""
+    """Hand the wait to the trigger, right after the task's own read; it resumes in ``execute_complete(**kwargs)``."""
     from airflow_provider_kore.triggers.campaign import KoreCampaignStatusTrigger
 
+    shown = "none" if timeout is None else f"{timeout:g}s"
     task.log.info(
-        "Deferring the wait on Kore.ai campaign %s (poll every %gs, timeout %s)",
-        campaign_id,
-        poll_interval,
-        "none" if timeout is None else f"{timeout:g}s",
+        "Deferring the wait on Kore.ai campaign %s (poll every %gs, timeout %s)", campaign_id, poll_interval, shown
     )
     now = time.time()
     task.defer(
@@ -235,49 +210,36 @@ def defer_wait(
         ),
         method_name="execute_complete",
         kwargs=kwargs,
-        # Longer than the trigger's own limit, so its timeout event (which can stop the campaign) wins.
         timeout=None if timeout is None else timedelta(seconds=timeout + poll_interval + DEFER_TIMEOUT_MARGIN),
     )
 
 
-_EVENT_KINDS = ("success", "failure", "timeout", "error")
-
-
 def check_trigger_event(event: object, campaign_id: str, rule: StatusRule | None = None) -> dict[str, Any]:
-    """Return the trigger's event if it reports success; raise for anything else (fail closed).
-
-    ``failure`` raises :class:`KoreCampaignStatusError`, ``timeout``
-    :class:`KoreCampaignTimeoutError` (an ``AirflowSensorTimeout``); ``error``, a missing or
-    unknown event, one for another campaign or a "success" in a non-target status :class:`KoreError`.
+    """Return the trigger's event if it reports success; raise for anything else (fail closed):
+    ``failure`` :class:`KoreCampaignStatusError`, ``timeout`` :class:`KoreCampaignTimeoutError` (an
+    ``AirflowSensorTimeout``), anything else (``error``, a malformed or foreign event) :class:`KoreError`.
     """
     where = f"Kore.ai campaign {campaign_id!r}"
     if not isinstance(event, Mapping):
         raise KoreError(f"{where}: the wait ended without a trigger event ({type(event).__name__}); failing closed")
     kind = event.get("status")
-    status = event.get("campaign_status")
-    status_text = None if status is None else str(status)
+    status = None if event.get("campaign_status") is None else str(event["campaign_status"])
     message = redact(str(event.get("message") or "")) or None
     if event.get("campaign_id") not in (None, campaign_id):
         raise KoreError(f"{where}: the trigger reported on campaign {event.get('campaign_id')!r}; failing closed")
+    if kind == "success" and rule is not None and rule.verdict(status) != "success":
+        targets = ", ".join(rule.target_statuses)
+        raise KoreError(
+            f"{where}: the trigger reported success with status {status!r}, not one of {targets}; failing closed"
+        )
     if kind == "success":
-        if rule is not None and rule.verdict(status_text) != "success":
-            raise KoreError(
-                f"{where}: the trigger reported success with status {status_text!r}, "
-                f"which is not one of {', '.join(rule.target_statuses)}; failing closed"
-            )
         return dict(event)
     if kind == "failure":
-        raise KoreCampaignStatusError(
-            message or f"{where} is {status_text!r}, a status the wait must not end in",
-            campaign_id=campaign_id,
-            status=status_text or "",
-        )
+        why = message or f"{where} is {status!r}, a status the wait must not end in"
+        raise KoreCampaignStatusError(why, campaign_id=campaign_id, status=status or "")
     if kind == "timeout":
-        raise KoreCampaignTimeoutError(
-            message or f"{where} did not reach the target status in time (last status {status_text!r})",
-            campaign_id=campaign_id,
-            status=status_text,
-        )
+        why = message or f"{where} did not reach the target status in time (last status {status!r})"
+        raise KoreCampaignTimeoutError(why, campaign_id=campaign_id, status=status)
     if kind == "error":
         raise KoreError(message or f"{where}: the wait failed with an error the trigger did not describe")
-    raise KoreError(f"{where}: unknown trigger event status {kind!r} (expected one of {_EVENT_KINDS}); failing closed")
+    raise KoreError(f"{where}: unknown trigger event status {kind!r} (expected success, failure, timeout or error)")

@@ -1,18 +1,15 @@
-"""``KoreCampaignStatusSensor``: wait until a Kore.ai campaign reaches a status.
-
-The hook and the trigger are imported when a task runs, so DAG files stay cheap to parse.
-"""
+"""``KoreCampaignStatusSensor``; the hook and the trigger are imported only when a task runs (cheap DAG parsing)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import PokeReturnValue
 
-from airflow_provider_kore import ids
+from airflow_provider_kore import ids, waiting
 from airflow_provider_kore._compat import (
     AirflowFailException,
     AirflowSensorTimeout,
@@ -21,19 +18,6 @@ from airflow_provider_kore._compat import (
     default_deferrable,
 )
 from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule
-from airflow_provider_kore.waiting import (
-    POKE_GRACE,
-    CampaignStatusWatch,
-    campaign_id_for,
-    check_campaign_choice,
-    check_trigger_event,
-    defer_wait,
-    max_errors,
-    positive_seconds,
-    rendered_optional_id,
-    status_rule_unless_template,
-    validate_id_unless_template,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -44,39 +28,27 @@ if TYPE_CHECKING:
 class KoreCampaignStatusSensor(BaseSensorOperator):
     """Wait until a Kore.ai campaign reaches one of ``target_statuses``.
 
-    A target status ends the wait (the status data ``{"id", "status", "name"}`` is the XCom
-    value); a failure status, or a terminal non-target one (``Stopped`` while waiting for
-    ``Completed``), fails the task without retries; any other status, and a transient API
-    failure, is waited on. A poke holds the worker at most ``poke_interval`` plus
-    :data:`~airflow_provider_kore.waiting.POKE_GRACE` seconds. Deferrable, it pokes once in the
-    worker, then hands the wait to the triggerer.
+    The status data ``{"id", "status", "name"}`` is the XCom value. A failure status, or a terminal
+    non-target one, fails the task without retries; any other status, or a transient API failure, is
+    waited on. A poke holds the worker at most ``poke_interval`` + ``waiting.POKE_GRACE`` seconds.
 
     :param campaign_id: The campaign to watch (templated). Or:
     :param campaign_name: The campaign's exact name (templated), looked up when the task runs; with
     :param campaign_type: ``"sms"`` or ``"voice"`` (only with ``campaign_name``).
-    :param target_statuses: Status name(s) that end the wait successfully (templated;
-        case-insensitive). Default ``("Completed",)``.
-    :param failure_statuses: Status name(s) that fail the task (templated). None: ``("Failed",)``
-        unless that is a target. Terminal statuses that are not targets fail anyway.
+    :param target_statuses: Status name(s) that end the wait well (templated, case-insensitive). Default: Completed.
+    :param failure_statuses: Status name(s) that fail the task (templated). None: ``("Failed",)`` unless a target.
     :param stream_id: The bot (stream) id (templated); None uses the connection's ``stream_id`` extra.
     :param kore_conn_id: The ``kore`` connection. Default ``kore_default``.
-    :param deferrable: Wait in the triggerer instead of a worker slot. None (default) follows
-        ``[operators] default_deferrable``.
-    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is
-        "not yet" while ``timeout`` allows. A number: fail after one more failed read in a row
-        (the count restarts at each ``reschedule``; deferred, the triggerer counts).
+    :param deferrable: Wait in the triggerer instead of a worker slot. None: ``[operators] default_deferrable``.
+    :param max_consecutive_errors: None (default): a transient failure (429, 5xx, network) is "not yet"
+        while ``timeout`` allows. A number: fail at one more failed read in a row (the count restarts
+        at each ``reschedule``; deferred, the triggerer counts).
 
-    ``BaseSensorOperator``'s arguments apply: ``poke_interval`` (positive), ``timeout`` (a
-    timeout fails without retry, or skips with ``soft_fail=True``), ``mode``...
+    ``BaseSensorOperator``'s arguments apply: ``poke_interval`` (positive), ``timeout`` (a timeout
+    fails without retry, or skips with ``soft_fail=True``), ``mode``...
     """
 
-    template_fields: Sequence[str] = (
-        "campaign_id",
-        "campaign_name",
-        "stream_id",
-        "target_statuses",
-        "failure_statuses",
-    )
+    template_fields = ("campaign_id", "campaign_name", "stream_id", "target_statuses", "failure_statuses")
     ui_color = "#e3f1e8"
 
     def __init__(
@@ -95,19 +67,19 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     ) -> None:
         super().__init__(**kwargs)
         self.campaign_id = campaign_id
+        self.campaign_name = campaign_name
+        self.campaign_type = campaign_type
         self.target_statuses = target_statuses
         self.failure_statuses = failure_statuses
         self.stream_id = stream_id
         self.kore_conn_id = kore_conn_id
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
-        self.max_consecutive_errors = max_errors(max_consecutive_errors)
-        self.campaign_name = campaign_name
-        self.campaign_type = campaign_type
+        self.max_consecutive_errors = waiting.max_errors(max_consecutive_errors)
         # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
-        positive_seconds("poke_interval", self.poke_interval)
-        check_campaign_choice(campaign_id, campaign_name, campaign_type)
-        validate_id_unless_template("stream_id", stream_id, optional=True)
-        status_rule_unless_template(target_statuses, failure_statuses)
+        waiting.positive_seconds("poke_interval", self.poke_interval)
+        waiting.check_campaign_choice(campaign_id, campaign_name, campaign_type)
+        waiting.validate_id_unless_template("stream_id", stream_id, optional=True)
+        waiting.status_rule_unless_template(target_statuses, failure_statuses)
 
     @cached_property
     def hook(self) -> KoreHook:
@@ -117,11 +89,13 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         return KoreHook(kore_conn_id=self.kore_conn_id)
 
     @cached_property
-    def _watch(self) -> CampaignStatusWatch:
+    def _watch(self) -> waiting.CampaignStatusWatch:
         # Built on the first poke, after rendering, so the rendered values are what is validated.
-        stream_id = rendered_optional_id("stream_id", self.stream_id)
-        return CampaignStatusWatch(
-            campaign_id_for(self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log),
+        stream_id = waiting.rendered_optional_id("stream_id", self.stream_id)
+        return waiting.CampaignStatusWatch(
+            waiting.campaign_id_for(
+                self.hook, self.campaign_id, self.campaign_name, self.campaign_type, stream_id, self.log
+            ),
             StatusRule.build(self.target_statuses, self.failure_statuses),
             stream_id=stream_id,
             max_consecutive_errors=self.max_consecutive_errors,
@@ -131,11 +105,8 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
     def poke(self, context: Context) -> bool | PokeReturnValue:
         """Read the status once: done on a target, raise on a failure, else keep waiting."""
         # A poke returns "not yet" rather than wait out Kore's rate limit or an outage in the worker.
-        deadline = time.time() + float(self.poke_interval) + POKE_GRACE
-        verdict, data = self._watch.check(self.hook, deadline=deadline)
-        if verdict == "success":
-            return PokeReturnValue(is_done=True, xcom_value=data)
-        return False
+        verdict, data = self._watch.check(self.hook, deadline=time.time() + self.poke_interval + waiting.POKE_GRACE)
+        return PokeReturnValue(is_done=True, xcom_value=data) if verdict == "success" else False
 
     def execute(self, context: Context) -> Any:
         """Poke in the worker; if deferrable and not done at the first poke, defer to the trigger."""
@@ -143,15 +114,14 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
             return super().execute(context)
         try:
             done = self.poke(context)
-        except (AirflowFailException, AirflowSensorTimeout) as exc:
-            # As BaseSensorOperator.execute treats a failing poke.
+        except (AirflowFailException, AirflowSensorTimeout) as exc:  # as BaseSensorOperator.execute treats them
             if self.soft_fail or getattr(self, "never_fail", False):
                 raise AirflowSkipException(f"Skipping (soft_fail): {exc}") from exc
             raise
         if isinstance(done, PokeReturnValue) and done:
             return done.xcom_value
         watch = self._watch
-        defer_wait(
+        waiting.defer_wait(
             self,
             kore_conn_id=self.kore_conn_id,
             campaign_id=watch.campaign_id,
@@ -167,21 +137,10 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         """Resume after the trigger: the status data on success; raise on anything else (fail closed)."""
         campaign_id = ids.validate_id("campaign_id", campaign_id or self.campaign_id)
         rule = StatusRule.build(self.target_statuses, self.failure_statuses)
-        payload = check_trigger_event(event, campaign_id, rule)
-        data = payload.get("data")
+        payload = waiting.check_trigger_event(event, campaign_id, rule)
+        status = payload.get("campaign_status")
         self.log.info(
-            "Kore.ai campaign %s is %s (%s polls in the triggerer)",
-            campaign_id,
-            payload.get("campaign_status"),
-            payload.get("polls"),
+            "Kore.ai campaign %s is %s (%s polls in the triggerer)", campaign_id, status, payload.get("polls")
         )
-        if isinstance(data, Mapping):
-            return dict(data)
-        return {"id": campaign_id, "status": payload.get("campaign_status")}
-
-
-__all__ = [
-    "CampaignStatusWatch",
-    "KoreCampaignStatusSensor",
-    "check_trigger_event",
-]
+        data = payload.get("data")
+        return dict(data) if isinstance(data, Mapping) else {"id": campaign_id, "status": status}

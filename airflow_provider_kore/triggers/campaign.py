@@ -2,30 +2,16 @@
 
 Waits on one connection share the event loop's client (one lookup, session and JWT), its request
 budget and 429 pauses (a 429 never ends a wait); waits on one campaign share their status reads.
-Fires exactly one :class:`TriggerEvent` whose payload is::
-
-    {
-        "status": "success" | "failure" | "timeout" | "error",
-        "campaign_id": str,
-        "campaign_status": str | None,  # the last status Kore reported
-        "data": dict | None,  # the last status ``data`` object Kore sent
-        "message": str,  # names the campaign and status; never a secret
-        "polls": int,  # status reads made by this run of the trigger
-        "elapsed": float,  # seconds this run of the trigger waited
-        "counters": {
-            "requests": int,  # requests this wait's reads put on the wire (retries included)
-            "coalesced": int,  # reads answered by another wait's request or recent answer
-            "rate_limited": int,  # 429 answers to this wait's requests
-            "pauses": int,  # connection-wide 429 pauses while this wait ran
-        },
-    }
+It fires exactly one event, whose payload :meth:`_Progress.event` builds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -36,43 +22,22 @@ from airflow_provider_kore.engine import LAST_ATTEMPT_TIMEOUT
 from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError, redact
 from airflow_provider_kore.shared import SharedClient, shared_client
 from airflow_provider_kore.status import StatusRule, is_known
-from airflow_provider_kore.waiting import max_errors
+from airflow_provider_kore.waiting import max_errors, non_negative_seconds, positive_seconds, rendered_optional_id
 
 #: What ``serialize()`` names; the triggerer imports the class from it.
 CLASSPATH = "airflow_provider_kore.triggers.campaign.KoreCampaignStatusTrigger"
-
-#: Payload ``status`` values.
-SUCCESS = "success"
-FAILURE = "failure"
-TIMEOUT = "timeout"
-ERROR = "error"
-EVENT_STATUSES = (SUCCESS, FAILURE, TIMEOUT, ERROR)
-
 #: A status answer another wait on the same campaign got less than this fraction of the poll
 #: interval ago is reused; the next read is then due one interval after that answer, so waits
 #: that started at different times fall into step and share one request per interval.
 COALESCE_FRACTION = 0.5
 #: ``on_kill`` returns within this many seconds (Airflow 3.3 gives it 30: ``[triggerer] on_kill_timeout``).
 STOP_DEADLINE = 25.0
-#: The first read of a trigger started with ``last_read_at`` comes at least this many seconds
-#: after the trigger started. Airflow's scheduler can fail a deferred task whose trigger fires
-#: within seconds of the deferral ("finished with state success, but the task instance's state
-#: attribute is queued"; apache/airflow#66374, #71580, #72716, open on 3.3); 6 s kept out of that
-#: window in every run tried (SQLite and PostgreSQL, CPUs loaded).
+#: The first read after a deferral comes at least this long after the trigger started: Airflow's
+#: scheduler can fail a task whose trigger fires within seconds of the deferral (apache/airflow#66374,
+#: #71580, #72716, open on 3.3); 6 s kept out of that window in every run tried.
 MIN_FIRST_READ_DELAY = 6.0
 
-
-async def _sleep(seconds: float) -> None:
-    """The wait between status reads (a seam for tests)."""
-    await asyncio.sleep(seconds)
-
-
-def _number(name: str, value: object, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise KoreConfigurationError(f"{name} must be a number of seconds; got {value!r}")
-    if positive and value <= 0:
-        raise KoreConfigurationError(f"{name} must be more than 0 seconds; got {value!r}")
-    return float(value)
+_sleep = asyncio.sleep  # the wait between status reads; tests replace it
 
 
 class KoreCampaignStatusTrigger(BaseTrigger):
@@ -80,21 +45,17 @@ class KoreCampaignStatusTrigger(BaseTrigger):
 
     :param campaign_id: The campaign to watch (``cd-...``).
     :param kore_conn_id: The ``kore`` connection.
-    :param target_statuses: Statuses that end the wait well (case-insensitive), e.g. ``["Completed"]``.
-    :param failure_statuses: Statuses that end it badly. Default ``["Failed"]`` (unless a target);
-        a terminal non-target status (``Stopped`` while waiting for ``Completed``) does too.
+    :param target_statuses: Statuses that end the wait well (case-insensitive). Default ``("Completed",)``.
+    :param failure_statuses: Statuses that end it badly (and any terminal non-target). Default ``("Failed",)``.
     :param stream_id: The stream (bot) id; default: the connection's ``stream_id`` extra.
     :param poll_interval: Seconds between status reads.
-    :param end_time: Epoch seconds (``time.time()``) after which the wait ends with a
-        ``timeout`` event; a last read is made at that moment. ``None`` waits without limit.
-    :param stop_on_kill: Stop the campaign when a user marks the deferred task failed or
-        success, or clears it (Airflow 3.3+ calls :meth:`on_kill` then; earlier versions never do).
+    :param end_time: Epoch seconds after which the wait ends with a ``timeout`` event (a last read is
+        made then). None: no limit.
+    :param stop_on_kill: Stop the campaign in :meth:`on_kill` (Airflow 3.3+: the deferred task was killed).
     :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
-    :param max_consecutive_errors: None (default): a transient failure (5xx, network) never ends
-        the wait while ``end_time`` allows (the connection pauses and probes, as for a 429). A
-        number: failed reads in a row tolerated; one more ends the wait with an ``error`` event.
-    :param last_read_at: Epoch seconds of the deferring task's own status read: the first read
-        comes as :meth:`first_read_due` says. None: at once.
+    :param max_consecutive_errors: None: a transient failure never ends the wait while ``end_time``
+        allows. A number: failed reads in a row tolerated; one more ends it with an ``error`` event.
+    :param last_read_at: Epoch seconds of the deferring task's own read (see :meth:`first_read_due`).
     """
 
     def __init__(
@@ -117,17 +78,13 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             raise KoreConfigurationError(f"kore_conn_id must be a connection id; got {kore_conn_id!r}")
         self.kore_conn_id = kore_conn_id
         self.rule = StatusRule.build(target_statuses, failure_statuses)
-        #: Statuses that end the wait with ``success`` (validated, as given).
-        self.target_statuses = self.rule.target_statuses
-        #: Statuses that end it with ``failure`` (besides non-target terminal ones).
-        self.failure_statuses = self.rule.failure_statuses
-        self.stream_id = ids.validate_id("stream_id", stream_id) if stream_id is not None else None
-        self.poll_interval = _number("poll_interval", poll_interval, positive=True)
-        self.end_time = _number("end_time", end_time, positive=False) if end_time is not None else None
+        self.stream_id = rendered_optional_id("stream_id", stream_id)
+        self.poll_interval = positive_seconds("poll_interval", poll_interval)
+        self.end_time = non_negative_seconds("end_time", end_time)
         self.stop_on_kill = bool(stop_on_kill)
         self.campaign_type = ids.validate_campaign_type(campaign_type)
         self.max_consecutive_errors = max_errors(max_consecutive_errors)
-        self.last_read_at = _number("last_read_at", last_read_at, positive=False) if last_read_at is not None else None
+        self.last_read_at = non_negative_seconds("last_read_at", last_read_at)
         self._lease: SharedClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
@@ -149,8 +106,6 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             },
         )
 
-    # -- waiting ------------------------------------------------------------------------------
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the campaign's status decides the wait, then fire one event."""
         # The shared client is released before the event is yielded: the triggerer may drop
@@ -159,8 +114,8 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         yield TriggerEvent(payload)
 
     async def _wait(self) -> dict[str, Any]:
-        started_at = time.time()
         state = _Progress(self.campaign_id)
+        where = f"Kore.ai campaign {self.campaign_id!r}"
         secret: str | None = None
         self._lease = shared_client(self.kore_conn_id)
         try:
@@ -168,63 +123,58 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                 secret = client.config.client_secret
                 state.budget = client.pacing.budget
                 state.pauses_before = state.budget.pauses
-                return await self._poll(client, state, started_at)
-        except asyncio.CancelledError:
-            raise
-        except KoreError as exc:  # e.g. an incomplete connection: nothing to retry
-            return state.event(ERROR, _about(self.campaign_id, exc))
-        except Exception as exc:  # fail closed: an event the sensor reads as an error, never a hang
+                return await self._poll(client, state)
+        except KoreError as exc:  # auth, not found, bad answer, configuration: polling cannot help
+            text = str(exc)
+            return state.event("error", text if repr(self.campaign_id) in text else f"{where}: {text}")
+        except Exception as exc:  # fail closed: an event the task reads as an error, never a hang
             text = redact(f"{type(exc).__name__}: {exc}", secret)
             if secret is None:  # the connection could not be looked up (e.g. it does not exist)
-                return state.event(
-                    ERROR,
-                    f"Kore.ai campaign {self.campaign_id!r}: cannot use connection {self.kore_conn_id!r}: {text}",
-                )
+                return state.event("error", f"{where}: cannot use connection {self.kore_conn_id!r}: {text}")
             # The text is redacted; the traceback (which repeats the raw text) only at debug level.
             self.log.error("Unexpected error while waiting on Kore.ai campaign %s: %s", self.campaign_id, text)
             self.log.debug("Traceback of the unexpected error", exc_info=True)
-            return state.event(ERROR, f"Kore.ai campaign {self.campaign_id!r}: unexpected {text}")
+            return state.event("error", f"{where}: unexpected {text}")
         finally:
             self._lease = None
 
-    async def _poll(self, client: KoreAsyncClient, state: _Progress, started_at: float) -> dict[str, Any]:
+    async def _poll(self, client: KoreAsyncClient, state: _Progress) -> dict[str, Any]:
         campaign = self.campaign_id
+        where = f"Kore.ai campaign {campaign!r}"
+        limit = self.max_consecutive_errors
+        counters = state.counters
         errors = 0
         last_error = ""
-        unknown_seen: set[str] = set()
-        last_read = await self._before_first_read(started_at)
-        max_age = COALESCE_FRACTION * self.poll_interval
-        counters = state.counters
+        due = self.first_read_due(state.started_at)  # None: read at once
+        last_read = False
         while True:
+            if due is not None:
+                if self.end_time is not None and self.end_time <= due:  # the next read is the last, at end_time
+                    due, last_read = self.end_time, True
+                await _sleep_until(due)
             state.polls += 1
             read_before = counters.seen_at
-            limit = self.max_consecutive_errors
             try:
                 data = await client.get_campaign_status(
                     campaign,
                     stream_id=self.stream_id,
-                    max_age=max_age,
+                    max_age=COALESCE_FRACTION * self.poll_interval,
                     deadline=self.end_time,
                     wait=counters,
                     patient=limit is None,
                 )
             except KoreError as exc:
-                if not exc.transient:  # auth, not found, bad answer, configuration: polling cannot help
-                    return state.event(ERROR, _about(campaign, exc))
-                # Transient (429, 5xx, network): the client waited it out until end_time, or,
-                # with a limit, retried; a read that ran out of time ends the wait as a timeout.
+                if not exc.transient:
+                    raise
+                # The client waited a transient failure (429, 5xx, network) out until end_time or,
+                # with a limit, retried it; a read that ran out of time ends the wait as a timeout.
                 last_error = str(exc)
                 if self.end_time is not None and (exc.deadline_reached or time.time() >= self.end_time):
-                    remaining = self.end_time - time.time()
-                    if remaining > 0:  # no turn before end_time: the wait still lasts until then
-                        await _sleep(remaining)
-                    return state.event(TIMEOUT, self._timeout_message(state, last_error))
+                    await _sleep_until(self.end_time)  # no turn before end_time: the wait lasts until then
+                    return state.event("timeout", self._timeout_message(state, last_error))
                 errors += 1
                 if limit is not None and errors > limit:
-                    return state.event(
-                        ERROR,
-                        f"Kore.ai campaign {campaign!r}: {errors} status reads in a row failed; last: {last_error}",
-                    )
+                    return state.event("error", f"{where}: {errors} status reads in a row failed; last: {last_error}")
                 self.log.warning(
                     "Kore.ai campaign %s: status read failed (%d in a row): %s", campaign, errors, last_error
                 )
@@ -232,62 +182,28 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                 errors = 0
                 status = data["status"]
                 verdict = self.rule.verdict(status)
-                # Info when a wait goes on in a new status; a read that ends the wait is said by
-                # its event (the task logs it), so a thousand waits ending write no extra lines.
-                if verdict == "waiting" and (status != state.status or state.polls == 1):
-                    self.log.info("Kore.ai campaign %s is %s (poll %d)", campaign, status, state.polls)
-                else:
-                    self.log.debug("Kore.ai campaign %s is %s (poll %d)", campaign, status, state.polls)
+                # Info when a wait goes on in a new status; a read that ends the wait is told by its
+                # event (the task logs it), so a thousand waits ending write no extra lines.
+                level = logging.INFO if verdict == "waiting" and status != state.status else logging.DEBUG
+                unknown = "" if is_known(status) else f"; {status!r} is a status this provider does not know"
+                self.log.log(level, "Kore.ai campaign %s is %s (poll %d)%s", campaign, status, state.polls, unknown)
                 state.status, state.data = status, data
                 if verdict == "success":
-                    return state.event(
-                        SUCCESS, f"Kore.ai campaign {campaign!r} reached {status!r} after {state.polls} poll(s)"
-                    )
+                    return state.event(verdict, f"{where} reached {status!r} after {state.polls} poll(s)")
                 if verdict == "failure":
-                    return state.event(FAILURE, self.rule.explain_failure(campaign, status))
-                if not is_known(status) and status.lower() not in unknown_seen:
-                    unknown_seen.add(status.lower())
-                    self.log.info(
-                        "Kore.ai campaign %s reports status %r, which this provider does not know; waiting for %s",
-                        campaign,
-                        status,
-                        ", ".join(self.rule.target_statuses),
-                    )
-
+                    return state.event(verdict, self.rule.explain_failure(campaign, status))
+            if self.end_time is not None and (last_read or self.end_time <= time.time()):
+                return state.event("timeout", self._timeout_message(state, last_error if errors else ""))
             delay = self.poll_interval
             if counters.seen_at > read_before:
                 # The next read is due one interval after the answer was asked for (it may be
                 # another wait's, a little older): waits on one campaign fall into step.
                 delay = max(0.0, min(delay, counters.seen_at + delay - pacing.clock()))
-            if self.end_time is not None:
-                remaining = self.end_time - time.time()
-                if last_read or remaining <= 0:
-                    return state.event(TIMEOUT, self._timeout_message(state, last_error if errors else ""))
-                if remaining <= delay:  # the next read is the last one, made at end_time
-                    last_read = True
-                    delay = remaining
-            await _sleep(delay)
-
-    async def _before_first_read(self, started_at: float) -> bool:
-        """Sleep until the first read is due (see ``last_read_at``); True if it is the last one."""
-        due = self.first_read_due(started_at)
-        if due is None:
-            return False
-        last_read = False
-        if self.end_time is not None and self.end_time <= due:  # the first read is the last, at end_time
-            due, last_read = self.end_time, True
-        delay = due - time.time()
-        self.log.debug("Kore.ai campaign %s: first status read in %.1fs", self.campaign_id, delay)
-        if delay > 0:
-            await _sleep(delay)
-        return last_read
+            due = time.time() + delay
 
     def first_read_due(self, started_at: float) -> float | None:
-        """Epoch seconds of the first read for a run started at ``started_at`` (before ``end_time``).
-
-        One poll interval after ``last_read_at``, and never within :data:`MIN_FIRST_READ_DELAY`
-        of this run's start. None without ``last_read_at``: read at once.
-        """
+        """Epoch seconds of the first read of a run started at ``started_at`` (None: at once; ``end_time`` may
+        come first): one poll after ``last_read_at``, never within :data:`MIN_FIRST_READ_DELAY` of the start."""
         if self.last_read_at is None:
             return None
         return max(self.last_read_at + self.poll_interval, started_at + MIN_FIRST_READ_DELAY)
@@ -301,8 +217,6 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             f"before the end time ({last}, {state.polls} poll(s))"
         )
 
-    # -- leaving ------------------------------------------------------------------------------
-
     async def cleanup(self) -> None:
         """Release the shared client if a cancelled wait still holds it (normally a no-op)."""
         lease, self._lease = self._lease, None
@@ -310,10 +224,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
             await lease.release()
 
     async def on_kill(self) -> None:
-        """With ``stop_on_kill``, stop the campaign (Airflow 3.3+: the user killed the deferred task).
-
-        Errors are logged, not raised: this is cleanup, and the task is already being ended.
-        """
+        """With ``stop_on_kill``, stop the campaign (Airflow 3.3+: the deferred task was killed); errors are logged."""
         if not self.stop_on_kill:
             return
         deadline = time.time() + STOP_DEADLINE  # the connection lookup counts too
@@ -327,57 +238,49 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         try:
             # The engine gives a last attempt a moment past the deadline; Airflow allows 30 s in all.
             answer = await asyncio.wait_for(stop(), STOP_DEADLINE + LAST_ATTEMPT_TIMEOUT)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
             text = str(exc) if isinstance(exc, KoreError) else redact(f"{type(exc).__name__}: {exc}")
             self.log.warning("Could not stop Kore.ai campaign %s after the task was killed: %s", self.campaign_id, text)
             return
-        self.log.info(
-            "Stopped Kore.ai campaign %s after the task was killed: %s",
-            self.campaign_id,
-            answer.get("message") or answer.get("status"),
-        )
+        said = answer.get("message") or answer.get("status")
+        self.log.info("Stopped Kore.ai campaign %s after the task was killed: %s", self.campaign_id, said)
 
 
-def _about(campaign_id: str, exc: KoreError) -> str:
-    """The error's message, naming the campaign if it does not already."""
-    text = str(exc)
-    return text if repr(campaign_id) in text else f"Kore.ai campaign {campaign_id!r}: {text}"
+async def _sleep_until(when: float) -> None:
+    delay = when - time.time()
+    if delay > 0:
+        await _sleep(delay)
 
 
+@dataclass(slots=True)
 class _Progress:
     """What one run of the trigger has seen so far; turned into the event payload."""
 
-    __slots__ = ("budget", "campaign_id", "counters", "data", "pauses_before", "polls", "started", "status")
-
-    def __init__(self, campaign_id: str) -> None:
-        self.campaign_id = campaign_id
-        self.started = time.monotonic()
-        self.polls = 0
-        self.status: str | None = None
-        self.data: dict[str, Any] | None = None
-        self.counters = WaitCounters()
-        self.budget: pacing.Budget | None = None
-        self.pauses_before = 0
+    campaign_id: str
+    started_at: float = field(default_factory=time.time)  # epoch seconds, for the first read
+    started: float = field(default_factory=time.monotonic)  # for "elapsed"
+    polls: int = 0
+    status: str | None = None
+    data: dict[str, Any] | None = None
+    counters: WaitCounters = field(default_factory=WaitCounters)
+    budget: pacing.Budget | None = None
+    pauses_before: int = 0
 
     def event(self, outcome: str, message: str) -> dict[str, Any]:
-        """The one payload shape every event of this trigger has."""
+        """The one payload shape every event of this trigger has (``status``: success, failure, timeout or error)."""
         return {
             "status": outcome,
             "campaign_id": self.campaign_id,
-            "campaign_status": self.status,
+            "campaign_status": self.status,  # the last status read, and its ``data`` object
             "data": self.data,
-            "message": message,
+            "message": message,  # never a secret
             "polls": self.polls,
             "elapsed": round(time.monotonic() - self.started, 3),
             "counters": {
-                "requests": self.counters.requests,
-                "coalesced": self.counters.coalesced,
-                "rate_limited": self.counters.rate_limited,
+                "requests": self.counters.requests,  # sent for this wait's reads, retries included
+                "coalesced": self.counters.coalesced,  # reads answered by another wait's request or answer
+                "rate_limited": self.counters.rate_limited,  # 429s to this wait's requests
+                # Connection-wide 429 pauses while this wait ran.
                 "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
             },
         }
-
-
-__all__ = ["CLASSPATH", "COALESCE_FRACTION", "EVENT_STATUSES", "MIN_FIRST_READ_DELAY", "KoreCampaignStatusTrigger"]
