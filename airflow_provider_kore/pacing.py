@@ -198,7 +198,6 @@ class Budget:
         self._outages += 1
         backoff = OUTAGE_PAUSE_BASE * 2 ** min(self._outages - 1, 30) * (1.0 + PAUSE_JITTER * self._rng())
         duration = min(OUTAGE_PAUSE_MAX, backoff)
-        self._learning = False
         self._start_pause(now, duration)
         (log.warning if self._outages == 1 else log.info)(
             "Kore connection %s: Kore.ai is unavailable; pausing its requests for %.1f s, then probing (%d waits)",
@@ -208,7 +207,7 @@ class Budget:
 
     def _start_pause(self, now: float, duration: float) -> None:
         self.pauses += 1
-        self._pause_started, self.paused_until = now, now + duration
+        self._pause_started, self.paused_until, self._learning = now, now + duration, False
         self._resumed_at = self._raised_at = None
         self._update()
 
@@ -224,8 +223,7 @@ class Budget:
         since = self._raised_at
         if since is None or now - since < (SLOW_START_STEP if self.slow_start else _WINDOW):
             return
-        self._raised_at = now
-        self._learning = False
+        self._raised_at, self._learning = now, False
         if self.learned_rate is None:
             return
         before = self._describe_rate()
