@@ -1,9 +1,7 @@
 """Pacing per ``kore`` connection. Kore.ai counts requests per bot in rolling windows (600/min and
 18,000/h for runtime APIs, 60 and 1,800 for design-time ones) and answers 429 when one is full.
 :class:`Budget` keeps a connection within a fixed budget (the connection extras), pauses it on a 429
-or an outage, then resumes at a rate learned from what Kore accepted. :class:`AsyncPacer` (per event
-loop) serves turns in arrival order; :class:`SyncPacer` (per worker process) waits out pauses.
-"""
+or an outage, then resumes at a rate learned from what Kore accepted."""
 
 from __future__ import annotations
 
@@ -23,44 +21,29 @@ log = logging.getLogger(__name__)
 MINUTE = 60.0
 HOUR = 3600.0
 SAFETY_MARGIN = 1.0  # added to each window
-#: A 429 pauses the connection ``PAUSE_BASE`` doubling per 429 without a clean minute between, up to
-#: ``PAUSE_MAX``, plus up to ``PAUSE_JITTER`` of itself (processes desynchronise); a ``Retry-After``
-#: sets it (capped). A 429 (or failure) for a request sent before the pause began starts none.
-PAUSE_BASE = 2.0
-PAUSE_MAX = 60.0
-PAUSE_JITTER = 0.5
-RETRY_AFTER_MAX = 120.0
-#: Then a learned rate (at least ``MIN_RATE_PER_MINUTE``; dropped at ``RATE_CEILING``, Kore's runtime
-#: limit, or the fixed budget). After fewer than ``EVIDENCE_MIN`` accepted in the minute before
-#: (another client filled the bot's window): a slow start, doubling every ``SLOW_START_STEP`` s.
-#: Else ``LEARN_FRACTION`` x what Kore accepted (a rolling window too), x ``RAISE_FACTOR`` per
-#: clean minute up to that, beyond only after ``PROBE_AFTER`` s (a hard limit brings no 429 back).
-MIN_RATE_PER_MINUTE = 10.0
+# A 429 pauses the connection (a 429 or failure of a request sent before the pause began starts none):
+PAUSE_BASE = 2.0  # doubling per 429 without a clean minute between,
+PAUSE_MAX = 60.0  # up to this,
+PAUSE_JITTER = 0.5  # plus up to this much of itself (processes desynchronise);
+RETRY_AFTER_MAX = 120.0  # a Retry-After sets it, capped at this.
+# Then a learned rate (requests/min), dropped when raised to RATE_CEILING (Kore's runtime limit) or the budget:
+MIN_RATE_PER_MINUTE = 10.0  # at least
 RATE_CEILING = 600.0
-EVIDENCE_MIN = 20
-SLOW_START_STEP = 5.0
-LEARN_FRACTION = 0.9
-RAISE_FACTOR = 1.1
-PROBE_AFTER = 1800.0
-#: An outage pause doubles from ``OUTAGE_PAUSE_BASE``, jitter included at most ``OUTAGE_PAUSE_MAX``
-#: (every wait reads again soon after Kore is back); then one probe per pause length.
-OUTAGE_PAUSE_BASE = 1.0
-OUTAGE_PAUSE_MAX = 30.0
-#: Pacing is logged (once) this many seconds after requests start waiting for their turn.
-PACING_LOG_DELAY = 5.0
-#: How long a hook call without a deadline waits out Kore's pauses before giving up.
-RATE_LIMIT_PATIENCE = 900.0
+EVIDENCE_MIN = 20  # fewer accepted in the minute before (another client filled the bot's window):
+SLOW_START_STEP = 5.0  # a slow start, doubling every this many seconds;
+LEARN_FRACTION = 0.9  # else this x what Kore accepted (a rolling window too),
+RAISE_FACTOR = 1.1  # x this per clean minute up to what Kore accepted,
+PROBE_AFTER = 1800.0  # beyond it only after this many seconds (a hard limit brings no 429 back).
+OUTAGE_PAUSE_BASE = 1.0  # an outage pause doubles from this, jitter included, up to
+OUTAGE_PAUSE_MAX = 30.0  # this (every wait reads soon after Kore is back); then one probe per pause
+PACING_LOG_DELAY = 5.0  # pacing is logged once, this long after requests start waiting for their turn
+RATE_LIMIT_PATIENCE = 900.0  # how long a hook call without a deadline waits out Kore's pauses
 
 _WINDOW = MINUTE + SAFETY_MARGIN
 _EARLY = 1e-6  # a turn due within this is taken now (timer and float rounding)
 
-
-def clock() -> float:
-    return time.monotonic()  # the pacing clock; a seam for tests
-
-
-async def _sleep(seconds: float) -> None:
-    await asyncio.sleep(seconds)  # a seam for tests
+clock = time.monotonic  # the pacing clock (tests replace it, and _sleep)
+_sleep = asyncio.sleep
 
 
 class BudgetExhausted(Exception):
@@ -74,7 +57,6 @@ class BudgetExhausted(Exception):
 
 class Budget:
     """One connection's pacing arithmetic: not thread-safe, never blocking, pacing-clock times.
-
     ``waits`` counts the waits on the connection (for logs); ``learn=False``: pauses only."""
 
     def __init__(
@@ -102,8 +84,7 @@ class Budget:
         self._raised_at: float | None = None
         self._last_waited = self._pacing_since = -math.inf
         self._pacing_logged = self._pause_logged = True
-        #: False while nothing can make a send wait: the per-request path stays almost free.
-        self.limited = False
+        self.limited = False  # False while nothing can make a send wait: the per-request path stays free
         self.configure(per_minute, per_hour)
 
     def configure(self, per_minute: int | None, per_hour: int | None) -> None:
@@ -116,23 +97,18 @@ class Budget:
         self._update()
 
     def _update(self) -> None:
-        gap = 0.0
-        for limit, window in (
-            (self.per_minute, _WINDOW),
-            (self.per_hour, HOUR + SAFETY_MARGIN),
-            (self.learned_rate, _WINDOW),
-        ):
-            if limit is not None:
-                gap = max(gap, window / limit)
-        if self._outages:
-            # One probe at a time: spaced by the last pause, so hung probes do not pile up.
-            gap = max(gap, self.paused_until - self._pause_started)
-        self.gap = gap
-        self.limited = gap > 0 or self.paused_until > -math.inf
+        limits = ((self.per_minute, _WINDOW), (self.per_hour, HOUR + SAFETY_MARGIN), (self.learned_rate, _WINDOW))
+        self.gap = max([window / limit for limit, window in limits if limit is not None], default=0.0)
+        if self._outages:  # one probe at a time, spaced by the last pause, so hung probes do not pile up
+            self.gap = max(self.gap, self.paused_until - self._pause_started)
+        self.limited = self.gap > 0 or self.paused_until > -math.inf
 
     def rate_per_minute(self) -> float | None:
         """The cadence sends are paced at now, in requests per minute (None: not paced)."""
         return MINUTE / self.gap if self.gap > 0 else None
+
+    def _describe_rate(self) -> str:
+        return f"{MINUTE / self.gap:.0f} requests/min" if self.gap > 0 else "no fixed rate"
 
     def stats(self) -> dict[str, Any]:
         """Counters for the benchmark and the logs (plain JSON)."""
@@ -140,10 +116,6 @@ class Budget:
         stats = {name: getattr(self, name) for name in names}
         rate = self.rate_per_minute()
         return {**stats, "waits": self.waits(), "current_rate_per_minute": rate and round(rate, 1)}
-
-    def _describe_rate(self) -> str:
-        rate = self.rate_per_minute()
-        return "no fixed rate" if rate is None else f"{rate:.0f} requests/min"
 
     def next_send_time(self, now: float) -> float:
         """Earliest time the next request may be sent (``now`` or later)."""
@@ -153,15 +125,13 @@ class Budget:
         # Spacing sends ``window / limit`` apart keeps any window of a fixed budget within it.
         t = max(now, self.paused_until, self._last_send + self.gap)
         if self.learned_rate is not None and not self.slow_start:
-            # A settled rate is a rolling window too: what Kore accepted must leave it first.
-            sends, limit = self._minute, max(1, int(self.learned_rate))
-            while sends and sends[0] <= now - _WINDOW:
-                sends.popleft()
-            if len(sends) >= limit:
-                t = max(t, sends[-limit] + _WINDOW)
+            # A settled rate is a rolling window too: what Kore accepted must leave it first (sends
+            # that left the window before ``now`` do not hold ``t`` back, so no need to drop them).
+            limit = max(1, int(self.learned_rate))
+            if len(self._minute) >= limit:
+                t = max(t, self._minute[-limit] + _WINDOW)
         if not self._pause_logged and now >= self.paused_until:
-            # Logged once the pause is over, when answers that were in flight have taught the rate.
-            self._pause_logged = True
+            self._pause_logged = True  # once the answers that were in flight have taught the rate
             log.info(
                 "Kore connection %s: 429 from Kore, pausing all %d waits for %.1f s; resuming at %s",
                 *(self.conn_id, self.waits(), t - self._pause_started, self._describe_rate()),
@@ -176,7 +146,6 @@ class Budget:
         return "unavailable" if self._outages else "rate limit" if paused else "budget"
 
     def record_send(self, now: float) -> None:
-        """A request leaves now."""
         self.requests += 1
         self._last_send = now
         self._minute.append(now)
@@ -210,8 +179,7 @@ class Budget:
         clean = self._resumed_at is not None and now - self._resumed_at >= _WINDOW  # a clean minute resets
         self._consecutive = 1 if clean else self._consecutive + 1
         duration = min(PAUSE_MAX, PAUSE_BASE * 2 ** (self._consecutive - 1)) * (1.0 + PAUSE_JITTER * self._rng())
-        if wait is not None:
-            # Kore's own figure, unless a 429 comes right after one: then back off as usual.
+        if wait is not None:  # Kore's own figure, unless a 429 comes right after one: then back off as usual
             duration = wait if self._consecutive == 1 else max(wait, duration)
         self._outages = 0  # Kore answers
         self._start_pause(now, duration)
@@ -229,8 +197,7 @@ class Budget:
             return False
         self._outages += 1
         backoff = OUTAGE_PAUSE_BASE * 2 ** min(self._outages - 1, 30) * (1.0 + PAUSE_JITTER * self._rng())
-        duration = min(OUTAGE_PAUSE_MAX, backoff)  # jitter included, so waits read soon after Kore is back
-        self._learning = False
+        duration = min(OUTAGE_PAUSE_MAX, backoff)
         self._start_pause(now, duration)
         (log.warning if self._outages == 1 else log.info)(
             "Kore connection %s: Kore.ai is unavailable; pausing its requests for %.1f s, then probing (%d waits)",
@@ -240,7 +207,7 @@ class Budget:
 
     def _start_pause(self, now: float, duration: float) -> None:
         self.pauses += 1
-        self._pause_started, self.paused_until = now, now + duration
+        self._pause_started, self.paused_until, self._learning = now, now + duration, False
         self._resumed_at = self._raised_at = None
         self._update()
 
@@ -256,8 +223,7 @@ class Budget:
         since = self._raised_at
         if since is None or now - since < (SLOW_START_STEP if self.slow_start else _WINDOW):
             return
-        self._raised_at = now
-        self._learning = False
+        self._raised_at, self._learning = now, False
         if self.learned_rate is None:
             return
         before = self._describe_rate()
@@ -287,7 +253,7 @@ class Budget:
 
 
 class _Pacer:
-    """The driver records each outcome (see :class:`Budget`; thread-safe in :class:`SyncPacer`)."""
+    """The driver records each outcome (thread-safe in :class:`SyncPacer`)."""
 
     budget: Budget
     _lock: Any = contextlib.nullcontext()
@@ -297,8 +263,7 @@ class _Pacer:
             return self.budget.stats()
 
     def record(self, event: str | None, sent_at: float, retry_after: float | None = None) -> bool:
-        """Record what the engine's decision names (``answer``, ``rate_limited``, ``unavailable``);
-        True if that starts a pause."""
+        """Record the engine decision's ``pacing`` event; True if that starts a pause."""
         with self._lock:
             if event == "rate_limited":
                 return self.budget.record_rate_limited(sent_at, clock(), retry_after)
@@ -308,6 +273,24 @@ class _Pacer:
                 self.budget.record_answer(sent_at, clock())
             return False
 
+    def acquire_priority(self) -> float:
+        """Record a send that never waits (a stop) and return its time; takes no lock."""
+        now = clock()
+        self.budget.record_send(now)
+        return now
+
+    def _turn(self, deadline: float | None) -> tuple[float, float]:
+        """``(now, 0)`` after recording a send if one may leave now, else ``(now, seconds to wait)``;
+        :class:`BudgetExhausted` if the turn comes after ``deadline`` (pacing clock)."""
+        now = clock()
+        at = self.budget.next_send_time(now)
+        if at <= now + _EARLY:
+            self.budget.record_send(now)
+            return now, 0.0
+        if deadline is not None and at > deadline:
+            raise BudgetExhausted(at, self.budget.blocked_by(now))
+        return now, at - now
+
 
 class AsyncPacer(_Pacer):
     """Turns for one connection in one event loop, first come first served (an asyncio.Lock is FIFO):
@@ -315,50 +298,39 @@ class AsyncPacer(_Pacer):
 
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
-        self._turn = asyncio.Lock()
+        self._turn_lock = asyncio.Lock()
         self.queued = 0  # requests waiting for their turn, the head included
 
     async def acquire(self, deadline: float | None = None, *, priority: bool = False) -> float:
-        """Wait for a turn, record the send and return its time; a ``priority`` send goes now, ahead of all.
-
-        :raise BudgetExhausted: as soon as the turn is known to come after ``deadline`` (pacing clock)."""
-        budget = self.budget
-        now = clock()
+        """Wait for a turn, record the send and return its time; a ``priority`` send goes now, ahead of all."""
+        budget, now = self.budget, clock()
         if priority or (not self.queued and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)):
             budget.record_send(now)
             return now
         self.queued += 1
         try:
+            timeout = None if deadline is None else max(0.0, deadline - now)
             try:
-                await asyncio.wait_for(self._turn.acquire(), None if deadline is None else max(0.0, deadline - now))
+                await asyncio.wait_for(self._turn_lock.acquire(), timeout)
             except asyncio.TimeoutError:
                 raise BudgetExhausted(clock(), budget.blocked_by(clock())) from None
             try:
                 while True:
-                    now = clock()
-                    at = budget.next_send_time(now)
-                    if at <= now + _EARLY:
-                        budget.record_send(now)
+                    now, wait = self._turn(deadline)
+                    if not wait:
                         return now
-                    if deadline is not None and at > deadline:
-                        raise BudgetExhausted(at, budget.blocked_by(now))
                     budget.note_wait(now)
-                    await _sleep(at - now)
+                    await _sleep(wait)
             finally:
-                self._turn.release()
+                self._turn_lock.release()
         finally:
             self.queued -= 1
 
 
 class SyncPacer(_Pacer):
-    """One connection's 429 and outage pauses in one process; get it from :func:`sync_pacer`.
-
-    Airflow 3 runs each task instance in its own process, so a worker's pacer serves one task: a fixed
-    budget, a learned rate or FIFO turns would only space its own few requests (a lone 429 spaced a
-    hook's later calls 6 s apart); waiting out a 429 and an outage is what matters. ``on_kill`` runs
-    in a SIGTERM handler, maybe inside :meth:`acquire` on the same thread: so the lock is reentrant
-    and never held while sleeping, and :meth:`acquire_priority` takes none.
-    """
+    """One connection's 429 and outage pauses in a worker process, which runs one task: a fixed budget,
+    a learned rate or turns would only space its own few requests. ``on_kill`` may run (SIGTERM) inside
+    :meth:`acquire` on the same thread: so the lock is reentrant and never held while sleeping."""
 
     def __init__(self, conn_id: str) -> None:
         self.budget = Budget(conn_id, learn=False, waits=lambda: 1)
@@ -368,22 +340,12 @@ class SyncPacer(_Pacer):
         """Wait out any pause, record the send and return its time (see :meth:`AsyncPacer.acquire`)."""
         while True:
             with self._lock:
-                now = clock()
-                at = self.budget.next_send_time(now)
-                if at <= now + _EARLY:
-                    self.budget.record_send(now)
-                    return now
-                if deadline is not None and at > deadline:
-                    raise BudgetExhausted(at, self.budget.blocked_by(now))
+                now, wait = self._turn(deadline)
                 why = self.budget.blocked_by(now)  # "rate limit" or "unavailable": a worker keeps no budget
-            log.info("Kore connection %s: waiting %.1f s for Kore.ai (%s)", self.budget.conn_id, at - now, why)
-            sleep(at - now)
-
-    def acquire_priority(self) -> float:
-        """Record a send that never waits (a stop) and return its time; takes no lock."""
-        now = clock()
-        self.budget.record_send(now)
-        return now
+            if not wait:
+                return now
+            log.info("Kore connection %s: waiting %.1f s for Kore.ai (%s)", self.budget.conn_id, wait, why)
+            sleep(wait)
 
 
 _sync_pacers: dict[str, SyncPacer] = {}
@@ -395,5 +357,4 @@ def sync_pacer(conn_id: str) -> SyncPacer:
 
 
 def reset_sync_pacers() -> None:
-    """Forget every process-wide pacer (tests)."""
-    _sync_pacers.clear()
+    _sync_pacers.clear()  # tests
