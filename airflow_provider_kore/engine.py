@@ -32,9 +32,13 @@ RETRY_AFTER_MAX = 120.0
 
 #: Network failures, by what they say about the request (drivers classify their exceptions).
 CONNECT = "connect"  # never left: refused, name lookup failed, connect timeout
-TLS = "tls"  # the TLS handshake failed: retrying cannot help
+TLS = "tls"  # the TLS handshake failed
 TIMEOUT = "timeout"  # sent, no complete answer in time
 DROPPED = "dropped"  # sent, the connection closed before a complete answer
+_TLS_HINT = (
+    ": the TLS handshake failed; if the server speaks plain HTTP (a local simulator), "
+    "set the host to http://... or the schema to http"
+)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -54,7 +58,7 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, never shorter than a (capped) ``Retry-After``."""
+    """Exponential backoff, each wait half to all of its step, never shorter than a (capped) ``Retry-After``."""
 
     max_retries: int = 5
     backoff_base: float = 1.0
@@ -135,7 +139,7 @@ class Exchange:
         self.patient = patient and call.endpoint.idempotent
         self.attempts = self.retries = 0
         self._resigned = self._reloaded = False
-        self._pending_auth: Answer | None = None
+        self._refused: Decision | None = None  # the failure a second 401 becomes if the connection is unchanged
         #: The last transient failure, raised when time runs out.
         self.last_error: KoreError | None = None
 
@@ -148,18 +152,14 @@ class Exchange:
         self.attempts += 1
         call = self.call
         if isinstance(what, NetworkFailure):
-            text = f"{call.where} failed: {what.detail} ({call.base_url})"
-            if what.kind == TLS:
-                hint = (
-                    ": the TLS handshake failed; if the server speaks plain HTTP (a local simulator), "
-                    "set the host to http://... or the schema to http"
-                )
-                return Decision(
-                    "fail", error=KoreConnectionError(text + hint, operation=call.operation, transient=False)
-                )
+            tls = what.kind == TLS  # retrying cannot help
+            text = f"{call.where} failed: {what.detail} ({call.base_url})" + (_TLS_HINT if tls else "")
+            error: KoreError = KoreConnectionError(text, operation=call.operation, transient=not tls)
+            if tls:
+                return Decision("fail", error=error)
             if what.kind != CONNECT and not call.endpoint.idempotent:
                 return self._unknown(what.detail)
-            return self._transient(KoreConnectionError(text, operation=call.operation), now, None, pacing=None)
+            return self._transient(error, now, None, pacing=None)
         if 300 <= what.status < 400:
             host = urlsplit(what.location or "").hostname
             message = (
@@ -172,18 +172,17 @@ class Exchange:
             self._resigned = True
             return Decision("resign", pacing="answer")
         if what.status == 401 and not self._reloaded:
-            self._reloaded, self._pending_auth = True, what
+            self._reloaded, self._refused = True, self._parse(what, now)
             return Decision("reload", pacing="answer")
         return self._parse(what, now)
 
     def reloaded(self, changed: bool) -> Decision:
         """After a ``reload``: send again with new credentials, or fail with the 401."""
-        answer, self._pending_auth = self._pending_auth, None
         if changed:
             self._resigned = False
             return Decision("resign")
-        assert answer is not None
-        return self._parse(answer, now=0.0)  # a 401: it fails, whatever the time
+        assert self._refused is not None
+        return self._refused
 
     def out_of_time(self, reason: str) -> KoreError:
         """The error to raise when the pacer has no turn before the deadline."""
