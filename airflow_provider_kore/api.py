@@ -165,36 +165,28 @@ def _hint(call: PreparedCall, status: int) -> str:
 
 def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, secrets: Secrets | None = None) -> Any:
     """Return the JSON object of a good answer; raise the matching :class:`KoreApiError` otherwise.
-
-    ``secrets`` are removed from every message (JWTs always are).
-    """
+    ``secrets`` are removed from every message (JWTs always are)."""
     scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
+    shape = ""  # what is wrong with a 2xx answer
     try:
         payload: Any = json.loads(text) if text.strip() else None
-        parsed = True
     except ValueError:
-        payload, parsed = None, False
-    where, shape = call.where, ""
-    about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
+        payload, shape = None, f"non-JSON text {_snippet(text)}"
+    kore_msg = kore_error_text(payload)
     if not 200 <= status_code < 300:
-        kore_msg = kore_error_text(payload)
         detail = kore_msg or (_snippet(text) if text.strip() else "no error text")
         cls = _STATUS_CLASSES.get(status_code) or (KoreServerError if status_code >= 500 else KoreApiError)
-        message = f"{where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}"
+        message = f"{call.where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}"
         raise cls(message, kore_message=scrub(kore_msg) if kore_msg else None, **about)
     if not isinstance(payload, dict):
-        if not text.strip():
-            shape = "an empty body; expected a JSON object"
-        elif parsed:
-            shape = f"JSON that is not an object ({type(payload).__name__})"
-        else:
-            shape = f"non-JSON text {_snippet(text)}"
+        empty = "an empty body; expected a JSON object"
+        shape = shape or (f"JSON that is not an object ({type(payload).__name__})" if text.strip() else empty)
     elif str(payload.get("status", "")).lower() == "failure":
-        kore_msg = scrub(kore_error_text(payload) or "no error text")
-        raise KoreApiError(
-            f"{where} failed: Kore answered status 'failure': {kore_msg}", kore_message=kore_msg, **about
-        )
+        kore_msg = scrub(kore_msg or "no error text")
+        message = f"{call.where} failed: Kore answered status 'failure': {kore_msg}"
+        raise KoreApiError(message, kore_message=kore_msg, **about)
     elif call.endpoint.returns_data:
         data = payload.get("data")
         if not isinstance(data, dict):
@@ -202,7 +194,7 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
         elif call.operation == "get_campaign_status" and not isinstance(data.get("status"), str):
             shape = "no data.status"
     if shape:
-        raise KoreBadResponseError(scrub(f"{where}: HTTP {status_code} with {shape}"), **about)
+        raise KoreBadResponseError(scrub(f"{call.where}: HTTP {status_code} with {shape}"), **about)
     return payload
 
 
