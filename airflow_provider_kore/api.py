@@ -164,8 +164,7 @@ def _hint(call: PreparedCall, status: int) -> str:
 
 
 def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, secrets: Secrets | None = None) -> Any:
-    """Return the JSON object of a good answer; raise the matching :class:`KoreApiError` otherwise.
-    ``secrets`` are removed from every message (JWTs always are)."""
+    """The JSON object of a good answer, else raise the matching :class:`KoreApiError` (secrets, JWTs scrubbed)."""
     scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
@@ -221,10 +220,8 @@ def campaign_statuses(statuses: object) -> list[str] | None:
 
 
 def contact_payload(contact: object) -> dict[str, Any]:
-    """One contact for addContacts: ``phoneNumber`` (5-15 digits, optional +) and the mapped fields.
-
-    Separators (spaces, dots, dashes, brackets) are dropped from the number; blank fields are left out.
-    """
+    """One contact for addContacts: ``phoneNumber`` (5-15 digits, optional +; separators dropped) and the
+    mapped fields (blank ones left out)."""
     if not isinstance(contact, Mapping):
         raise KoreConfigurationError(f"a contact must be a mapping of fields; got {type(contact).__name__}")
     unknown = sorted(str(key) for key in contact if key not in CONTACT_FIELDS)

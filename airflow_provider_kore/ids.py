@@ -1,7 +1,5 @@
-"""Ids, campaign types, contact list texts and the default connection id, checked before any request.
-
-Light on purpose: the operators and the sensor import it at DAG-parse time to refuse a bad id early.
-"""
+"""Ids, campaign types and contact list texts, checked before any request; light on purpose: the
+operators and the sensor import it at DAG-parse time to refuse a bad id early."""
 
 from __future__ import annotations
 
