@@ -1,13 +1,5 @@
-"""The Kore.ai campaign API itself, shared by the sync hook and the async client. No I/O.
-
-* :data:`ENDPOINTS` - the one table of documented operations (method, path, query). Nothing
-  else in the provider builds a URL.
-* :func:`prepare` - validated input -> the exact request (method, URL, headers, body).
-* :func:`parse_answer` - (HTTP status, body) -> the JSON object, or the one matching exception.
-
-What to do with each answer (retry, re-sign, pause, give up) is decided in
-:mod:`airflow_provider_kore.engine`.
-"""
+"""The Kore.ai campaign API, no I/O: :data:`ENDPOINTS` (nothing else builds a URL), :func:`prepare`
+(input -> the exact request) and :func:`parse_answer` (answer -> JSON object or the matching exception)."""
 
 from __future__ import annotations
 
@@ -16,7 +8,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
@@ -34,63 +26,43 @@ from airflow_provider_kore.ids import CAMPAIGN_TYPES, validate_campaign_type, va
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One documented operation. ``{name}`` in the path or query is filled by :func:`prepare`."""
+    """One documented operation. :func:`prepare` fills (and quotes) each ``{name}`` in ``path`` (and query)."""
 
     method: str
     path: str
-    query: tuple[tuple[str, str], ...]
     #: What the user reads in messages: "get campaign status", "start campaign", ...
     label: str
-    #: Safe to send twice. A start, a new list or added contacts are not: a lost answer is not re-sent.
-    idempotent: bool = True
-    #: The answer must carry a ``data`` object.
-    returns_data: bool = False
+    idempotent: bool
+    returns_data: bool
 
 
 _CAMPAIGN = "/campaign/api/v2/public/{stream_id}/campaign"
-_ACCOUNT = ("accountId", "{account_id}")
-
 # Kore.ai's pages, to the letter. Where they disagree each is followed as written: the stop
 # page's path has no leading /campaign; the start page has no accountId query; contact outcomes
 # use the status path with view=contacts and no accountId; add contacts is an api/1.1 path
 # with the application id (iid) in it.
-ENDPOINTS: dict[str, Endpoint] = {
-    "get_campaign_status": Endpoint(
-        "POST", _CAMPAIGN + "/{campaign_id}/status", (_ACCOUNT, ("view", "status")), "get campaign status", True, True
-    ),
-    "get_campaign": Endpoint("GET", _CAMPAIGN + "/{campaign_id}", (_ACCOUNT,), "get campaign", True, True),
-    "start_campaign": Endpoint(
+_PAGES = {
+    "get_campaign_status": ("POST", _CAMPAIGN + "/{campaign_id}/status?accountId={account_id}&view=status"),
+    "get_campaign": ("GET", _CAMPAIGN + "/{campaign_id}?accountId={account_id}"),
+    "start_campaign": ("POST", _CAMPAIGN + "/{campaign_id}?campaignType={campaign_type}&trigger=play"),
+    "stop_campaign": (
         "POST",
-        _CAMPAIGN + "/{campaign_id}",
-        (("campaignType", "{campaign_type}"), ("trigger", "play")),
-        "start campaign",
-        idempotent=False,
+        "/api/v2/public/{stream_id}/campaign/trigger/{campaign_id}"
+        "?accountId={account_id}&campaignType={campaign_type}&trigger=stop",
     ),
-    "stop_campaign": Endpoint(
-        "POST",
-        "/api/v2/public/{stream_id}/campaign/trigger/{campaign_id}",
-        (_ACCOUNT, ("campaignType", "{campaign_type}"), ("trigger", "stop")),
-        "stop campaign",
-    ),
-    "list_campaigns": Endpoint("POST", _CAMPAIGN + "/getAllCampaignDetails", (_ACCOUNT,), "list campaigns", True, True),
-    "get_campaign_contacts": Endpoint(
-        "POST", _CAMPAIGN + "/{campaign_id}/status", (("view", "contacts"),), "get campaign contacts", True, True
-    ),
-    "create_contact_list": Endpoint(
-        "POST",
-        _CAMPAIGN + "/contactList/createContactList",
-        (_ACCOUNT,),
-        "create contact list",
-        idempotent=False,
-        returns_data=True,
-    ),
-    "add_contacts": Endpoint(
-        "POST", "/api/1.1/public/{iid}/campaign/contactList/addContacts", (), "add contacts", idempotent=False
-    ),
+    "list_campaigns": ("POST", _CAMPAIGN + "/getAllCampaignDetails?accountId={account_id}"),
+    "get_campaign_contacts": ("POST", _CAMPAIGN + "/{campaign_id}/status?view=contacts"),
+    "create_contact_list": ("POST", _CAMPAIGN + "/contactList/createContactList?accountId={account_id}"),
+    "add_contacts": ("POST", "/api/1.1/public/{iid}/campaign/contactList/addContacts"),
 }
-
-# ---------------------------------------------------------------------------------------------
-# Requests.
+#: Not safe to send twice: a lost answer to one of these is never re-sent.
+_NOT_IDEMPOTENT = {"start_campaign", "create_contact_list", "add_contacts"}
+#: Every other answer must carry a ``data`` object.
+_NO_DATA = {"start_campaign", "stop_campaign", "add_contacts"}
+ENDPOINTS: dict[str, Endpoint] = {
+    name: Endpoint(method, path, name.replace("_", " "), name not in _NOT_IDEMPOTENT, name not in _NO_DATA)
+    for name, (method, path) in _PAGES.items()
+}
 
 
 @dataclass(frozen=True)
@@ -126,27 +98,20 @@ def prepare(
     subject: str = "",
     **params: object,
 ) -> PreparedCall:
-    """Validate the input and build the documented request for ``operation``.
-
-    ``params`` fill the endpoint's ``{campaign_id}`` and ``{campaign_type}``; ``body`` is sent
-    as JSON (POSTs without one send ``{}``).
-    """
+    """The documented request for ``operation``: ``params`` fill ``{campaign_id}`` and ``{campaign_type}``,
+    ``body`` is sent as JSON (a POST without one sends ``{}``)."""
     endpoint = ENDPOINTS[operation]
     stream, source = config.resolve_stream_id(stream_id)
     iid = config.iid or stream
-    values = {"stream_id": quote(stream, safe=""), "account_id": config.account_id, "iid": quote(iid, safe="")}
-    template = endpoint.path + str(endpoint.query)
+    values = {"stream_id": stream, "account_id": config.account_id, "iid": iid}
     campaign = None
-    if "{campaign_id}" in template:
-        campaign = validate_id("campaign_id", params.get("campaign_id"))
-        values["campaign_id"] = quote(campaign, safe="")
+    if "{campaign_id}" in endpoint.path:
+        campaign = values["campaign_id"] = validate_id("campaign_id", params.get("campaign_id"))
         subject = subject or f"campaign {campaign!r}"
-    if "{campaign_type}" in template:
+    if "{campaign_type}" in endpoint.path:
         if params.get("campaign_type") is None:
             raise KoreConfigurationError(f"{endpoint.label} needs a campaign_type ({', '.join(CAMPAIGN_TYPES)})")
         values["campaign_type"] = validate_campaign_type(params["campaign_type"])
-    path = endpoint.path.format(**values)
-    query = urlencode([(key, value.format(**values)) for key, value in endpoint.query])
     headers = {"iid": iid, "accountId": config.account_id, "Accept": "application/json"}
     data = None
     if endpoint.method == "POST":
@@ -156,7 +121,7 @@ def prepare(
         operation=operation,
         endpoint=endpoint,
         method=endpoint.method,
-        url=f"{config.base_url}{path}" + (f"?{query}" if query else ""),
+        url=config.base_url + endpoint.path.format(**{key: quote(v, safe="") for key, v in values.items()}),
         headers=headers,
         body=data,
         subject=subject,
@@ -168,12 +133,8 @@ def prepare(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# Answers -> data or exception. The one place an HTTP answer becomes an exception.
-
-
 def kore_error_text(payload: Any) -> str | None:
-    """Kore's own error text: ``errors[].msg``, else ``message`` / ``error``."""
+    """Kore's own error text: ``errors[].msg``, else ``message`` / ``msg`` / ``error``."""
     if not isinstance(payload, Mapping):
         return None
     errors = payload.get("errors")
@@ -190,12 +151,7 @@ def kore_error_text(payload: Any) -> str | None:
     return None
 
 
-_STATUS_CLASSES: dict[int, type[KoreApiError]] = {
-    401: KoreAuthError,
-    403: KoreAuthError,
-    404: KoreNotFoundError,
-    429: KoreRateLimitError,
-}
+_STATUS_CLASSES = {401: KoreAuthError, 403: KoreAuthError, 404: KoreNotFoundError, 429: KoreRateLimitError}
 
 
 def _hint(call: PreparedCall, status: int) -> str:
@@ -204,69 +160,43 @@ def _hint(call: PreparedCall, status: int) -> str:
             f" (check the Client ID / Client Secret, i.e. login / password, of kore connection {call.conn_id!r}, "
             "and that the JWT app has the Campaign Management scope)"
         )
-    if status == 404:
-        return f" (stream id {call.stream_id!r} from {call.stream_source})"
-    return ""
+    return f" (stream id {call.stream_id!r} from {call.stream_source})" if status == 404 else ""
 
 
 def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, secrets: Secrets | None = None) -> Any:
-    """Return the JSON object of a good answer; raise the matching :class:`KoreApiError` otherwise.
-
-    ``secrets`` are removed from every message (JWTs always are).
-    """
+    """The JSON object of a good answer, else raise the matching :class:`KoreApiError` (secrets, JWTs scrubbed)."""
     scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
+    shape = ""  # what is wrong with a 2xx answer
     try:
         payload: Any = json.loads(text) if text.strip() else None
-        parsed = True
     except ValueError:
-        payload, parsed = None, False
-    where = call.where
-
-    def bad(shape: str) -> KoreBadResponseError:
-        return KoreBadResponseError(
-            scrub(f"{where}: HTTP {status_code} with {shape}"),
-            operation=call.operation,
-            campaign_id=call.campaign_id,
-            status_code=status_code,
-        )
-
+        payload, shape = None, f"non-JSON text {_snippet(text)}"
+    kore_msg = kore_error_text(payload)
     if not 200 <= status_code < 300:
-        kore_msg = kore_error_text(payload) if parsed else None
         detail = kore_msg or (_snippet(text) if text.strip() else "no error text")
         cls = _STATUS_CLASSES.get(status_code) or (KoreServerError if status_code >= 500 else KoreApiError)
-        raise cls(
-            f"{where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}",
-            operation=call.operation,
-            campaign_id=call.campaign_id,
-            status_code=status_code,
-            kore_message=scrub(kore_msg) if kore_msg else None,
-        )
-    if not parsed or not isinstance(payload, dict):
-        if not text.strip():
-            raise bad("an empty body; expected a JSON object")
-        if parsed:
-            raise bad(f"JSON that is not an object ({type(payload).__name__})")
-        raise bad(f"non-JSON text {_snippet(text)}")
-    if str(payload.get("status", "")).lower() == "failure":
-        kore_msg = scrub(kore_error_text(payload) or "no error text")
-        raise KoreApiError(
-            f"{where} failed: Kore answered status 'failure': {kore_msg}",
-            operation=call.operation,
-            campaign_id=call.campaign_id,
-            status_code=status_code,
-            kore_message=kore_msg,
-        )
-    if call.endpoint.returns_data:
+        message = f"{call.where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}"
+        raise cls(message, kore_message=scrub(kore_msg) if kore_msg else None, **about)
+    if not isinstance(payload, dict):
+        empty = "an empty body; expected a JSON object"
+        shape = shape or (f"JSON that is not an object ({type(payload).__name__})" if text.strip() else empty)
+    elif str(payload.get("status", "")).lower() == "failure":
+        kore_msg = scrub(kore_msg or "no error text")
+        message = f"{call.where} failed: Kore answered status 'failure': {kore_msg}"
+        raise KoreApiError(message, kore_message=kore_msg, **about)
+    elif call.endpoint.returns_data:
         data = payload.get("data")
         if not isinstance(data, dict):
-            raise bad("no 'data' object")
-        if call.operation == "get_campaign_status" and not isinstance(data.get("status"), str):
-            raise bad("no data.status")
+            shape = "no 'data' object"
+        elif call.operation == "get_campaign_status" and not isinstance(data.get("status"), str):
+            shape = "no data.status"
+    if shape:
+        raise KoreBadResponseError(scrub(f"{call.where}: HTTP {status_code} with {shape}"), **about)
     return payload
 
 
-# ---------------------------------------------------------------------------------------------
 # Pipelines: Kore.ai's documented shapes, checked before any request is sent.
 
 #: The contact fields a contact list maps (createContactList's ``mapping``).
@@ -290,10 +220,8 @@ def campaign_statuses(statuses: object) -> list[str] | None:
 
 
 def contact_payload(contact: object) -> dict[str, Any]:
-    """One contact for addContacts: ``phoneNumber`` (5-15 digits, optional +) and the mapped fields.
-
-    Separators (spaces, dots, dashes, brackets) are dropped from the number; blank fields are left out.
-    """
+    """One contact for addContacts: ``phoneNumber`` (5-15 digits, optional +; separators dropped) and the
+    mapped fields (blank ones left out)."""
     if not isinstance(contact, Mapping):
         raise KoreConfigurationError(f"a contact must be a mapping of fields; got {type(contact).__name__}")
     unknown = sorted(str(key) for key in contact if key not in CONTACT_FIELDS)

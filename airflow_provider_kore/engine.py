@@ -1,31 +1,17 @@
-"""The one request engine: what to do with each answer or network failure. No I/O.
-
-The sync hook (``requests``) and the async client (``aiohttp``) are thin drivers around it, the
-way h11 keeps HTTP/1.1 apart from sockets: a driver signs, takes its pacing turn, sends, and
-hands what happened to :meth:`Exchange.decide`, which answers with one :class:`Decision`:
-
-* ``done``     the parsed answer (``Decision.result``);
-* ``fail``     raise ``Decision.error`` (the one matching :class:`~.exceptions.KoreError`);
-* ``retry``    send again after ``Decision.delay`` seconds (a retry is spent);
-* ``resign``   drop the token the request carried and send again at once (first 401);
-* ``reload``   re-read the connection (second 401: the secret may have been rotated), then call
-  :meth:`Exchange.reloaded` and act on its decision;
-* ``requeue``  take a new pacing turn: the connection is paused (429, or an outage for a
-  patient read); no retry is spent;
-* ``unknown``  a request that must not be sent twice got no usable answer: raise
-  ``Decision.error`` (:class:`~.exceptions.KoreOutcomeUnknownError`), never re-send.
-
-``Decision.pacing`` says what the connection's pacer must record for the attempt:
-``"answer"``, ``"rate_limited"``, ``"unavailable"`` or None.
+"""The one request engine, sans I/O (as h11 is for HTTP/1.1): the sync hook and the async client
+only sign, take their pacing turn, send, hand what happened to :meth:`Exchange.decide` and act on
+the :class:`Decision`.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from airflow_provider_kore.api import PreparedCall, parse_answer
 from airflow_provider_kore.exceptions import (
@@ -34,12 +20,10 @@ from airflow_provider_kore.exceptions import (
     KoreError,
     KoreOutcomeUnknownError,
     KoreRateLimitError,
-    KoreServerError,
     Secrets,
 )
 
 # A 5xx from a gateway may come after Kore acted; a 503 is a refusal (Kore did not act).
-REFUSED_STATUS = frozenset({503})
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 #: An attempt made at (or just before) its deadline still gets this long for an answer.
 LAST_ATTEMPT_TIMEOUT = 2.0
@@ -48,33 +32,33 @@ RETRY_AFTER_MAX = 120.0
 
 #: Network failures, by what they say about the request (drivers classify their exceptions).
 CONNECT = "connect"  # never left: refused, name lookup failed, connect timeout
-TLS = "tls"  # the TLS handshake failed: retrying cannot help
+TLS = "tls"  # the TLS handshake failed
 TIMEOUT = "timeout"  # sent, no complete answer in time
 DROPPED = "dropped"  # sent, the connection closed before a complete answer
-NETWORK_KINDS = (CONNECT, TLS, TIMEOUT, DROPPED)
+_TLS_HINT = (
+    ": the TLS handshake failed; if the server speaks plain HTTP (a local simulator), "
+    "set the host to http://... or the schema to http"
+)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad."""
-    if value is None or not str(value).strip():
+    text = "" if value is None else str(value).strip()
+    if not text:
         return None
-    text = str(value).strip()
     try:
         seconds = float(text)
     except ValueError:
         try:
-            when = parsedate_to_datetime(text)
+            seconds = parsedate_to_datetime(text).timestamp() - (time.time() if now is None else now)
         except (TypeError, ValueError, IndexError):
             return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
-        return None
-    return max(0.0, seconds)
+    return None if math.isnan(seconds) else max(0.0, seconds)
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, never shorter than a (capped) ``Retry-After``."""
+    """Exponential backoff, each wait half to all of its step, never shorter than a (capped) ``Retry-After``."""
 
     max_retries: int = 5
     backoff_base: float = 1.0
@@ -84,9 +68,7 @@ class RetryPolicy:
         """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
         ceiling = min(self.backoff_max, self.backoff_base * (2 ** max(0, retry_number - 1)))
         wait = random.uniform(ceiling / 2, ceiling)
-        if retry_after is not None:
-            wait = max(wait, min(retry_after, RETRY_AFTER_MAX))
-        return wait
+        return wait if retry_after is None else max(wait, min(retry_after, RETRY_AFTER_MAX))
 
 
 @dataclass(frozen=True)
@@ -101,7 +83,7 @@ class Answer:
 
 @dataclass(frozen=True)
 class NetworkFailure:
-    """No answer: ``kind`` is one of :data:`NETWORK_KINDS`; ``detail`` is short and secret-free."""
+    """No answer: ``kind`` is CONNECT, TLS, TIMEOUT or DROPPED; ``detail`` is short and secret-free."""
 
     kind: str
     detail: str
@@ -109,6 +91,14 @@ class NetworkFailure:
 
 @dataclass(frozen=True)
 class Decision:
+    """What the driver does next (``action``), and what its pacer records (``pacing``).
+
+    ``done``: return ``result``. ``fail``: raise ``error``. ``unknown``: raise ``error`` (Kore may have
+    acted: never re-send). ``retry``: send again after ``delay`` seconds. ``resign``: drop the token and
+    send again (a first 401). ``reload``: re-read the connection, then act on :meth:`Exchange.reloaded`
+    (a second 401). ``requeue``: take a new pacing turn (a 429, or an outage for a patient read).
+    """
+
     action: str
     result: dict[str, Any] | None = None
     error: KoreError | None = None
@@ -129,10 +119,8 @@ class Exchange:
     :param call: The prepared request.
     :param secrets: Values to scrub from every message (the client secret, the token).
     :param max_retries: Retries of transient failures (a 429 never spends one).
-    :param patient: A read that rides out an outage: a transient failure pauses the connection
-        and the request queues again until its deadline (the pacer enforces it).
-    :param priority: A stop that outranks reads (``on_kill``): a 429 is waited out here, by
-        backoff, instead of queueing behind the connection's pause.
+    :param patient: A read that rides out an outage, queueing again until its deadline instead of retrying.
+    :param priority: A stop that outranks reads (``on_kill``): a 429 is retried by backoff, not queued.
     :param deadline: Pacing-clock time after which no retry is worth making.
     """
 
@@ -145,81 +133,56 @@ class Exchange:
         patient: bool = False,
         priority: bool = False,
         deadline: float | None = None,
-        policy: RetryPolicy | None = None,
     ) -> None:
-        self.call = call
-        self.secrets = secrets
-        self.policy = policy or RetryPolicy(max_retries=max_retries)
+        self.call, self.secrets, self.priority, self.deadline = call, secrets, priority, deadline
+        self.policy = RetryPolicy(max_retries=max_retries)
         self.patient = patient and call.endpoint.idempotent
-        self.priority = priority
-        self.deadline = deadline
-        self.attempts = 0
-        self.retries = 0
-        self._resigned = False
-        self._reloaded = False
-        self._pending_auth: Answer | None = None
+        self.attempts = self.retries = 0
+        self._resigned = self._reloaded = False
+        self._refused: Decision | None = None  # the failure a second 401 becomes if the connection is unchanged
         #: The last transient failure, raised when time runs out.
         self.last_error: KoreError | None = None
 
-    # -- what the driver asks -----------------------------------------------------------------
-
     def timeout(self, now: float, configured: float) -> float:
         """The attempt's timeout: the connection's, but not past the deadline (a last read gets a moment)."""
-        if self.deadline is None:
-            return configured
-        return min(configured, max(LAST_ATTEMPT_TIMEOUT, self.deadline - now))
+        return configured if self.deadline is None else min(configured, max(LAST_ATTEMPT_TIMEOUT, self.deadline - now))
 
     def decide(self, what: Answer | NetworkFailure, now: float) -> Decision:
         """What to do after one attempt."""
         self.attempts += 1
+        call = self.call
         if isinstance(what, NetworkFailure):
-            return self._network(what, now)
-        status = what.status
-        retry_after = parse_retry_after(what.retry_after)
-        if status == 429:
-            error = self._error(what)
-            self.last_error = error
-            if self.priority:
-                return self._retry(error, now, retry_after, pacing="rate_limited")
-            return Decision("requeue", pacing="rate_limited", retry_after=retry_after)
-        if 300 <= status < 400:
-            where = self.call.where
-            target = _host_of(what.location)
-            return Decision(
-                "fail",
-                error=KoreApiError(
-                    self.secrets.redact(
-                        f"{where} failed: HTTP {status} redirect{target}; redirects are not followed "
-                        "(the auth header would travel with it): check the connection's platform URL"
-                    ),
-                    operation=self.call.operation,
-                    status_code=status,
-                ),
-                pacing="answer",
+            tls = what.kind == TLS  # retrying cannot help
+            text = f"{call.where} failed: {what.detail} ({call.base_url})" + (_TLS_HINT if tls else "")
+            error: KoreError = KoreConnectionError(text, operation=call.operation, transient=not tls)
+            if tls:
+                return Decision("fail", error=error)
+            if what.kind != CONNECT and not call.endpoint.idempotent:
+                return self._unknown(what.detail)
+            return self._transient(error, now, None, pacing=None)
+        if 300 <= what.status < 400:
+            host = urlsplit(what.location or "").hostname
+            message = (
+                f"{call.where} failed: HTTP {what.status} redirect{f' to {host}' if host else ''}; redirects are not "
+                "followed (the auth header would travel with it): check the connection's platform URL"
             )
-        if status == 401:
-            if not self._resigned:
-                self._resigned = True
-                return Decision("resign", pacing="answer")
-            if not self._reloaded:
-                self._reloaded = True
-                self._pending_auth = what
-                return Decision("reload", pacing="answer")
-        if status in TRANSIENT_STATUS:
-            error = self._error(what)
-            if not self.call.endpoint.idempotent and status not in REFUSED_STATUS:
-                return self._unknown(f"HTTP {status}", pacing="answer")
-            return self._transient(error, now, retry_after, pacing="answer")
-        return self._finish(what)
+            error = KoreApiError(self.secrets.redact(message), operation=call.operation, status_code=what.status)
+            return Decision("fail", error=error, pacing="answer")
+        if what.status == 401 and not self._resigned:
+            self._resigned = True
+            return Decision("resign", pacing="answer")
+        if what.status == 401 and not self._reloaded:
+            self._reloaded, self._refused = True, self._parse(what, now)
+            return Decision("reload", pacing="answer")
+        return self._parse(what, now)
 
     def reloaded(self, changed: bool) -> Decision:
         """After a ``reload``: send again with new credentials, or fail with the 401."""
-        answer, self._pending_auth = self._pending_auth, None
         if changed:
             self._resigned = False
             return Decision("resign")
-        assert answer is not None
-        return self._finish(answer)
+        assert self._refused is not None
+        return self._refused
 
     def out_of_time(self, reason: str) -> KoreError:
         """The error to raise when the pacer has no turn before the deadline."""
@@ -232,98 +195,46 @@ class Exchange:
             "unavailable": "Kore.ai is unavailable",
         }.get(reason, reason)
         error = KoreRateLimitError(
-            f"{self.call.where}: {what} before the deadline; waited on Kore's rate limit",
-            operation=self.call.operation,
+            f"{self.call.where}: {what} before the deadline; waited on Kore's rate limit", operation=self.call.operation
         )
         error.deadline_reached = True
         return error
 
-    # -- rules ----------------------------------------------------------------------------------
-
-    def _network(self, failure: NetworkFailure, now: float) -> Decision:
-        call = self.call
-        text = f"{failure.detail} ({call.base_url})"
-        if failure.kind == TLS:
+    def _parse(self, answer: Answer, now: float) -> Decision:
+        """The parsed answer, or its error: a 429 or a 5xx may be waited out or retried."""
+        status = answer.status
+        try:
             return Decision(
-                "fail",
-                error=KoreConnectionError(
-                    f"{call.where} failed: {text}: the TLS handshake failed; if the server speaks plain "
-                    "HTTP (a local simulator), set the host to http://... or the schema to http",
-                    operation=call.operation,
-                    transient=False,
-                ),
+                "done", result=parse_answer(self.call, status, answer.body, secrets=self.secrets), pacing="answer"
             )
-        if failure.kind != CONNECT and not call.endpoint.idempotent:
-            return self._unknown(failure.detail)
-        error = KoreConnectionError(f"{call.where} failed: {text}", operation=call.operation)
-        return self._transient(error, now, None, pacing="unavailable" if self.patient else None)
+        except KoreError as error:
+            if status != 429 and status not in TRANSIENT_STATUS:
+                return Decision("fail", error=error, pacing="answer")
+            if status not in (429, 503) and not self.call.endpoint.idempotent:
+                return self._unknown(f"HTTP {status}", pacing="answer")
+            pacing = "rate_limited" if status == 429 else "answer"
+            return self._transient(error, now, parse_retry_after(answer.retry_after), pacing=pacing)
 
     def _transient(self, error: KoreError, now: float, retry_after: float | None, *, pacing: str | None) -> Decision:
+        """Queue again, or retry after a backoff, or fail ``(after N attempts)``."""
         self.last_error = error
-        if self.patient:
+        if pacing == "rate_limited" and not self.priority:  # wait out the connection's pause
+            return Decision("requeue", pacing="rate_limited", retry_after=retry_after)
+        if pacing != "rate_limited" and self.patient:  # an outage: ride it out until the deadline
             return Decision("requeue", pacing="unavailable", retry_after=retry_after)
-        return self._retry(error, now, retry_after, pacing=pacing)
-
-    def _retry(self, error: KoreError, now: float, retry_after: float | None, *, pacing: str | None) -> Decision:
-        if self.retries >= self.policy.max_retries and not (self.priority and self.deadline is not None):
-            return Decision("fail", error=_after_attempts(error, self.attempts), pacing=pacing)
-        delay = self.policy.delay(self.retries + 1, retry_after)
-        if self.deadline is not None and now + delay >= self.deadline:
+        if self.retries < self.policy.max_retries or (self.priority and self.deadline is not None):
+            delay = self.policy.delay(self.retries + 1, retry_after)
+            if self.deadline is None or now + delay < self.deadline:
+                self.retries += 1
+                return Decision("retry", error=error, delay=delay, pacing=pacing)
             error.deadline_reached = True
-            return Decision("fail", error=_after_attempts(error, self.attempts), pacing=pacing)
-        self.retries += 1
-        return Decision("retry", error=error, delay=delay, pacing=pacing)
+        if self.attempts > 1 and error.args:
+            error.args = (f"{error.args[0]} (after {self.attempts} attempts)", *error.args[1:])
+        return Decision("fail", error=error, pacing=pacing)
 
     def _unknown(self, cause: str, *, pacing: str | None = None) -> Decision:
-        call = self.call
-        return Decision(
-            "unknown",
-            error=KoreOutcomeUnknownError(
-                f"{call.where}: the answer was lost ({cause}); Kore.ai may have acted on it, so it was not sent again",
-                operation=call.operation,
-                cause=cause,
-            ),
-            pacing=pacing,
+        message = (
+            f"{self.call.where}: the answer was lost ({cause}); Kore.ai may have acted on it, so it was not sent again"
         )
-
-    def _finish(self, answer: Answer) -> Decision:
-        try:
-            result = parse_answer(self.call, answer.status, answer.body, secrets=self.secrets)
-        except KoreError as error:
-            return Decision("fail", error=error, pacing="answer")
-        return Decision("done", result=result, pacing="answer")
-
-    def _error(self, answer: Answer) -> KoreError:
-        try:
-            parse_answer(self.call, answer.status, answer.body, secrets=self.secrets)
-        except KoreError as error:
-            return error
-        return KoreServerError(f"{self.call.where} failed: HTTP {answer.status}", operation=self.call.operation)
-
-
-def _after_attempts(error: KoreError, attempts: int) -> KoreError:
-    if attempts > 1 and error.args:
-        error.args = (f"{error.args[0]} (after {attempts} attempts)", *error.args[1:])
-    return error
-
-
-def _host_of(location: str | None) -> str:
-    from urllib.parse import urlsplit
-
-    host = urlsplit(location or "").hostname
-    return f" to {host}" if host else ""
-
-
-__all__ = [
-    "CONNECT",
-    "DROPPED",
-    "NETWORK_KINDS",
-    "TIMEOUT",
-    "TLS",
-    "Answer",
-    "Decision",
-    "Exchange",
-    "NetworkFailure",
-    "RetryPolicy",
-    "parse_retry_after",
-]
+        error = KoreOutcomeUnknownError(message, operation=self.call.operation, cause=cause)
+        return Decision("unknown", error=error, pacing=pacing)

@@ -1,26 +1,5 @@
-"""The provider's exceptions: one small hierarchy, all of them ``AirflowException``.
-
-::
-
-    KoreError
-    ├── KoreConfigurationError      bad input or connection, raised before any request
-    ├── KoreConnectionError         network failure or timeout, after retries (TLS failure: at once)
-    ├── KoreOutcomeUnknownError     a start whose answer was lost: never re-sent
-    ├── KoreApiError                Kore answered with an error
-    │   ├── KoreAuthError           401 / 403: wrong client id or secret, or missing scope
-    │   ├── KoreNotFoundError       404: unknown campaign or stream
-    │   │   └── KoreCampaignNotFoundError  no campaign of the type has the name a task asked for
-    │   ├── KoreRateLimitError      429: over Kore's rate limit, after retries
-    │   ├── KoreServerError         5xx, after retries
-    │   └── KoreBadResponseError    an answer that is not the documented JSON
-    ├── KoreCampaignAmbiguousError  several campaigns have that name
-    ├── KoreCampaignStatusError     the campaign reached a status it must not (fails the task, no retry)
-    └── KoreCampaignTimeoutError    a wait ran out of time (a sensor timeout: no retry, soft_fail skips)
-
-Messages name the operation, the campaign id, the HTTP status and Kore's own error text.
-They never carry a header, the client secret or a JWT: :func:`redact` is applied to every
-piece of text that came from outside.
-"""
+"""The provider's exceptions (README.md draws the hierarchy). Their messages never carry a header, the
+client secret or a JWT: :func:`redact` is applied to every piece of text from outside."""
 
 from __future__ import annotations
 
@@ -39,17 +18,12 @@ def redact(text: str, *secrets: str | None) -> str:
     for secret in secrets:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
-    if len(text) > _MAX_REMOTE_TEXT:
-        text = text[:_MAX_REMOTE_TEXT] + "..."
-    return text
+    return text[:_MAX_REMOTE_TEXT] + "..." if len(text) > _MAX_REMOTE_TEXT else text
 
 
 class Secrets:
-    """The values :func:`redact` must remove from one call's messages, kept out of every repr.
-
-    Handed around instead of a tuple of strings: a traceback that prints its frames' locals
-    (Airflow 3.0's ``dag.test()`` does, unmasked) shows ``Secrets(***)``, not the client secret.
-    """
+    """The values :func:`redact` removes from one call's messages, kept out of every repr: a traceback
+    printing its frames' locals (Airflow 3.0's ``dag.test()`` does, unmasked) shows ``Secrets(***)``."""
 
     __slots__ = ("_values",)
 
@@ -60,69 +34,56 @@ class Secrets:
         return "Secrets(***)"
 
     def redact(self, text: str) -> str:
-        """:func:`redact` with these values."""
         return redact(text, *self._values)
 
 
 class KoreError(AirflowException):
-    """Base class of every error this provider raises."""
+    """Base class of every error this provider raises. Keyword arguments set the class's attributes."""
 
     #: True when the same request may succeed if tried again later.
     transient: bool = False
     #: True when raised because the caller's deadline came (or would) before Kore could answer.
     deadline_reached: bool = False
 
+    def __init__(self, *args: object, **attributes: object) -> None:
+        super().__init__(*args)
+        for name, value in attributes.items():
+            if not hasattr(self, name):
+                raise TypeError(f"{type(self).__name__} has no attribute {name!r}")
+            setattr(self, name, value)
+
 
 class KoreConfigurationError(KoreError, ValueError):
-    """Bad input (an id, a campaign type, a parameter) or an incomplete ``kore`` connection.
-
-    Raised before any request is sent; the message names the field.
-    """
+    """Bad input (an id, a campaign type, a parameter) or an incomplete ``kore`` connection, before any request."""
 
 
 class KoreConnectionError(KoreError):
     """Kore.ai could not be reached, or did not answer in time (transient), or the TLS handshake failed (not)."""
 
     transient = True
-
-    def __init__(self, message: str, *, operation: str = "", transient: bool = True) -> None:
-        super().__init__(message)
-        self.operation = operation
-        self.transient = transient
+    operation: str = ""
 
 
 class KoreOutcomeUnknownError(KoreError):
-    """A request that must not be sent twice (a start) got no usable answer: Kore may have acted.
+    """A request that must not be sent twice (a start) got no usable answer: Kore may have acted, so it is
+    not re-sent. A task retry of the start operator reads the campaign first to decide."""
 
-    It is never re-sent by the hook. A task retry of the start operator reads the campaign first
-    and starts it only if the evidence says the lost start did not run.
-    """
-
-    def __init__(self, message: str, *, operation: str = "", cause: str = "", status: str | None = None) -> None:
-        super().__init__(message)
-        self.operation = operation
-        self.cause = cause
-        #: The campaign status read after the lost answer, when one could be read.
-        self.status = status
+    operation: str = ""
+    cause: str = ""
+    #: The campaign status read after the lost answer, when one could be read.
+    status: str | None = None
 
 
 class KoreApiError(KoreError):
     """Kore.ai answered with an error (an HTTP error, or a 200 whose ``status`` is ``failure``)."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        operation: str = "",
-        campaign_id: str | None = None,
-        status_code: int | None = None,
-        kore_message: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.operation = operation
-        self.campaign_id = campaign_id
-        self.http_status = status_code
-        self.kore_message = kore_message
+    operation: str = ""
+    campaign_id: str | None = None
+    http_status: int | None = None
+    kore_message: str | None = None
+
+    def __init__(self, *args: object, status_code: int | None = None, **attributes: object) -> None:
+        super().__init__(*args, http_status=status_code, **attributes)
 
 
 class KoreAuthError(KoreApiError):
@@ -137,10 +98,7 @@ class KoreRateLimitError(KoreApiError):
     """429: over Kore.ai's rate limit, and still so after every retry."""
 
     transient = True
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(message, **kwargs)  # type: ignore[arg-type]
-        self.retry_after = retry_after
+    retry_after: float | None = None
 
 
 class KoreServerError(KoreApiError):
@@ -154,28 +112,17 @@ class KoreBadResponseError(KoreApiError):
 
 
 class KoreCampaignStatusError(KoreError, AirflowFailException):
-    """The campaign reached a failure status, or a terminal status that is not a target.
+    """The campaign reached a failure status, or a terminal status that is not a target: fails without retries."""
 
-    Retrying the task cannot change that, so this fails the task without retries.
-    """
-
-    def __init__(self, message: str, *, campaign_id: str = "", status: str = "") -> None:
-        super().__init__(message)
-        self.campaign_id = campaign_id
-        self.status = status
+    campaign_id: str = ""
+    status: str = ""
 
 
 class KoreCampaignTimeoutError(KoreError, AirflowSensorTimeout):
-    """A wait for a campaign status ran out of time.
+    """A wait for a campaign status ran out of time: fails without retries; ``soft_fail=True`` skips."""
 
-    An ``AirflowSensorTimeout``: the task fails without retries (the time budget is spent), and a
-    sensor with ``soft_fail=True`` is skipped instead.
-    """
-
-    def __init__(self, message: str, *, campaign_id: str = "", status: str | None = None) -> None:
-        super().__init__(message)
-        self.campaign_id = campaign_id
-        self.status = status
+    campaign_id: str = ""
+    status: str | None = None
 
 
 class KoreCampaignNotFoundError(KoreNotFoundError):
@@ -184,23 +131,3 @@ class KoreCampaignNotFoundError(KoreNotFoundError):
 
 class KoreCampaignAmbiguousError(KoreError):
     """Several campaigns of the type share the name a task asked for: pass ``campaign_id`` instead."""
-
-
-__all__ = [
-    "KoreApiError",
-    "KoreAuthError",
-    "KoreBadResponseError",
-    "KoreCampaignAmbiguousError",
-    "KoreCampaignNotFoundError",
-    "KoreCampaignStatusError",
-    "KoreCampaignTimeoutError",
-    "KoreConfigurationError",
-    "KoreConnectionError",
-    "KoreError",
-    "KoreNotFoundError",
-    "KoreOutcomeUnknownError",
-    "KoreRateLimitError",
-    "KoreServerError",
-    "Secrets",
-    "redact",
-]

@@ -1,9 +1,5 @@
-"""Campaign and stream ids, campaign types, the default connection id: checked before any request.
-
-Plain Python with one regular expression and nothing else: the operators and the sensor import
-this at DAG-parse time to refuse a bad id early. :mod:`airflow_provider_kore.api` re-exports
-every name, so ``api.validate_id`` and ``api.DEFAULT_CONN_ID`` keep working.
-"""
+"""Ids, campaign types and contact list texts, checked before any request; light on purpose: the
+operators and the sensor import it at DAG-parse time to refuse a bad id early."""
 
 from __future__ import annotations
 
@@ -28,8 +24,7 @@ def validate_id(name: str, value: object) -> str:
         raise KoreConfigurationError(f"{name} must not be empty")
     if len(value) > MAX_ID_LENGTH:
         raise KoreConfigurationError(f"{name} is {len(value)} characters long; at most {MAX_ID_LENGTH}")
-    bad = _BAD_ID_CHARS.search(value)
-    if bad:
+    if bad := _BAD_ID_CHARS.search(value):
         raise KoreConfigurationError(
             f"{name} {value!r} contains {bad.group()!r}; ids may not contain / ? # % \\, "
             "whitespace or control characters"
@@ -53,15 +48,3 @@ def validate_text(name: str, value: object, limit: int) -> str:
     if len(value) > limit:
         raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
     return value
-
-
-__all__ = [
-    "CAMPAIGN_TYPES",
-    "DEFAULT_CONN_ID",
-    "MAX_ID_LENGTH",
-    "MAX_LIST_DESCRIPTION_LENGTH",
-    "MAX_LIST_NAME_LENGTH",
-    "validate_campaign_type",
-    "validate_id",
-    "validate_text",
-]
