@@ -145,9 +145,10 @@ def e2e_airflow(tmp_path_factory: pytest.TempPathFactory) -> E2EAirflow:
 # ---------------------------------------------------------------------------------------------
 # Parallel runs (``python3 run.py test`` passes ``-n 4 --dist loadgroup`` to pytest-xdist). Most of
 # the suite's time is real time (Airflow processes starting, pacing scenarios), so workers overlap
-# it. A file's tests stay on one worker (they share module fixtures: a deployment, a scenario
-# run), except tests marked ``own_worker``; the longest groups are handed out first.
-LONGEST_FIRST = ("test_pacing.py", "test_e2e_dags.py", "test_e2e_scheduler.py", "test_run_dag.py", "test_ui.py")
+# it. A file's tests stay on one worker: they share module fixtures (a deployment, a scenario run),
+# and the real deployments of test_e2e_scheduler.py must not share the machine with each other
+# (run side by side, the fan-out's on_kill check timed out). The longest files are handed out first.
+LONGEST_FIRST = ("test_e2e_scheduler.py", "test_pacing.py", "test_e2e_dags.py", "test_run_dag.py", "test_ui.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -157,5 +158,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     items.sort(key=rank)  # stable: each file's tests stay together and in order
     for item in items:
-        group = item.nodeid if item.get_closest_marker("own_worker") else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(item.path.name))

@@ -359,7 +359,6 @@ def _metadata_db(db: str, e2e_airflow: Any, home: Path) -> Iterator[postgres_clu
         yield cluster
 
 
-@pytest.mark.own_worker
 @pytest.mark.parametrize("db", _databases())
 def test_quick_waits_are_not_failed_by_the_defer_race(e2e_airflow: Any, db: str) -> None:
     """Waits whose campaign is done at the trigger's first read all succeed, each soon after deferring.
