@@ -1,6 +1,5 @@
 """The pipeline calls of :class:`~airflow_provider_kore.hooks.kore.KoreHook`: campaigns by name, contact
-lists in, contact outcomes out. Thin: every request goes through the hook's ``_request`` (the engine).
-"""
+lists in, contact outcomes out; every request goes through the hook's ``_request``."""
 
 from __future__ import annotations
 
@@ -26,11 +25,8 @@ from airflow_provider_kore.ids import (
 if TYPE_CHECKING:
     from airflow_provider_kore.config import KoreConnectionConfig
 
-#: Rows per page when listing campaigns; contact outcomes come 100 a page (Kore's maximum).
-CAMPAIGN_PAGE = 100
-CONTACT_PAGE = 100
-#: Contacts per add-contacts request: Kore documents no limit, so bodies stay small.
-DEFAULT_BATCH_SIZE = 500
+PAGE = 100  # rows per page of campaigns and of contact outcomes (Kore's maximum for those)
+DEFAULT_BATCH_SIZE = 500  # contacts per add-contacts request: Kore documents no limit, so bodies stay small
 
 
 class KorePipelineCalls:
@@ -46,27 +42,22 @@ class KorePipelineCalls:
     def list_campaigns(
         self, campaign_type: str, statuses: str | Iterable[str] | None = None, stream_id: str | None = None
     ) -> Iterator[dict[str, Any]]:
-        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page.
-
-        Each item is Kore's row with ``id`` set (voice rows carry ``_id``, SMS rows ``id``).
-        """
+        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page: Kore's rows
+        with ``id`` set (voice rows carry ``_id``, SMS rows ``id``)."""
         body: dict[str, Any] = {
             "type": validate_campaign_type(campaign_type),
-            "limit": CAMPAIGN_PAGE,
+            "limit": PAGE,
             "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
         }
         wanted = api.campaign_statuses(statuses)
         if wanted:
             body["filters"] = {"status": wanted}
-        pages = self._pages("list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * CAMPAIGN_PAGE})
+        pages = self._pages("list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE})
         return _with_ids(pages)
 
     def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
-        """The id of the one ``campaign_type`` campaign named exactly ``name``.
-
-        Raises :class:`KoreCampaignNotFoundError` when none is, :class:`KoreCampaignAmbiguousError`
-        when several are.
-        """
+        """The id of the one ``campaign_type`` campaign named exactly ``name`` (else
+        :class:`KoreCampaignNotFoundError` or :class:`KoreCampaignAmbiguousError`)."""
         if not isinstance(name, str) or not name.strip():
             raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
         kind = validate_campaign_type(campaign_type)
@@ -82,16 +73,14 @@ class KorePipelineCalls:
 
     def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
-        body = {"limit": CONTACT_PAGE}
+        body = {"limit": PAGE}
         return self._pages("get_campaign_contacts", lambda page: {**body, "page": page}, campaign_id, stream_id)
 
     def create_contact_list(
         self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
     ) -> dict[str, Any]:
-        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``.
-
-        Not idempotent: a lost answer raises :class:`KoreOutcomeUnknownError` (the list may exist).
-        """
+        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``. A lost
+        answer raises :class:`KoreOutcomeUnknownError` (the list may exist)."""
         body = {
             "name": validate_text("name", name, MAX_LIST_NAME_LENGTH),
             "description": validate_text("description", description, MAX_LIST_DESCRIPTION_LENGTH),
@@ -110,9 +99,9 @@ class KorePipelineCalls:
     ) -> int:
         """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
 
-        ``contacts`` is read lazily (a generator of a million rows is fine); each batch is checked
-        (:func:`~airflow_provider_kore.api.contact_payload`) before it is sent. Kore queues the add:
-        it is not done on return. A lost answer raises :class:`KoreOutcomeUnknownError`, never re-sent.
+        ``contacts`` is read lazily; each batch is checked (:func:`~airflow_provider_kore.api.contact_payload`)
+        before it is sent. Kore queues the add: it is not done on return. A lost answer raises
+        :class:`KoreOutcomeUnknownError`, never re-sent.
         """
         name = validate_text("contact_list_name", contact_list_name, MAX_LIST_NAME_LENGTH)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
