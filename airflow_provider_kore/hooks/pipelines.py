@@ -7,19 +7,13 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_kore import api
+from airflow_provider_kore import api, ids
 from airflow_provider_kore.exceptions import (
     KoreBadResponseError,
     KoreCampaignAmbiguousError,
     KoreCampaignNotFoundError,
     KoreConfigurationError,
     KoreOutcomeUnknownError,
-)
-from airflow_provider_kore.ids import (
-    MAX_LIST_DESCRIPTION_LENGTH,
-    MAX_LIST_NAME_LENGTH,
-    validate_campaign_type,
-    validate_text,
 )
 
 if TYPE_CHECKING:
@@ -45,14 +39,16 @@ class KorePipelineCalls:
         """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page: Kore's rows
         with ``id`` set (voice rows carry ``_id``, SMS rows ``id``)."""
         body: dict[str, Any] = {
-            "type": validate_campaign_type(campaign_type),
+            "type": ids.validate_campaign_type(campaign_type),
             "limit": PAGE,
             "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
         }
         wanted = api.campaign_statuses(statuses)
         if wanted:
             body["filters"] = {"status": wanted}
-        pages = self._pages("list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE})
+        pages = self._pages(
+            "list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE}, stream_id=stream_id
+        )
         return _with_ids(pages)
 
     def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
@@ -60,7 +56,7 @@ class KorePipelineCalls:
         :class:`KoreCampaignNotFoundError` or :class:`KoreCampaignAmbiguousError`)."""
         if not isinstance(name, str) or not name.strip():
             raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
-        kind = validate_campaign_type(campaign_type)
+        kind = ids.validate_campaign_type(campaign_type)
         found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
         where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)[0]!r}"
         if not found:
@@ -73,8 +69,8 @@ class KorePipelineCalls:
 
     def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
-        body = {"limit": PAGE}
-        return self._pages("get_campaign_contacts", lambda page: {**body, "page": page}, campaign_id, stream_id)
+        read = {"campaign_id": campaign_id, "stream_id": stream_id}
+        return self._pages("get_campaign_contacts", lambda page: {"limit": PAGE, "page": page}, **read)
 
     def create_contact_list(
         self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
@@ -82,8 +78,8 @@ class KorePipelineCalls:
         """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``. A lost
         answer raises :class:`KoreOutcomeUnknownError` (the list may exist)."""
         body = {
-            "name": validate_text("name", name, MAX_LIST_NAME_LENGTH),
-            "description": validate_text("description", description, MAX_LIST_DESCRIPTION_LENGTH),
+            "name": ids.validate_text("name", name, ids.MAX_LIST_NAME_LENGTH),
+            "description": ids.validate_text("description", description, ids.MAX_LIST_DESCRIPTION_LENGTH),
             "source": "passiveApi",
             "allowDuplicates": bool(allow_duplicates),
         }
@@ -103,7 +99,7 @@ class KorePipelineCalls:
         before it is sent. Kore queues the add: it is not done on return. A lost answer raises
         :class:`KoreOutcomeUnknownError`, never re-sent.
         """
-        name = validate_text("contact_list_name", contact_list_name, MAX_LIST_NAME_LENGTH)
+        name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
         self.config.resolve_stream_id(stream_id)
@@ -126,26 +122,18 @@ class KorePipelineCalls:
             sent += len(batch)
 
     def _pages(
-        self,
-        operation: str,
-        body_for: Callable[[int], dict[str, Any]],
-        campaign_id: str | None = None,
-        stream_id: str | None = None,
+        self, operation: str, body_for: Callable[[int], dict[str, Any]], **params: Any
     ) -> Iterator[dict[str, Any]]:
         """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
-        params: dict[str, Any] = {} if campaign_id is None else {"campaign_id": campaign_id}
-        api.prepare(self.config, operation, stream_id=stream_id, body=body_for(1), **params)
+        api.prepare(self.config, operation, body=body_for(1), **params)
 
         def read() -> Iterator[dict[str, Any]]:
             for page in itertools.count(1):
-                data = self._request(operation, stream_id=stream_id, body=body_for(page), **params)["data"]
+                data = self._request(operation, body=body_for(page), **params)["data"]
                 results = data.get("results")
                 if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
-                    raise KoreBadResponseError(
-                        f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list",
-                        operation=operation,
-                        campaign_id=campaign_id,
-                    )
+                    what = f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list"
+                    raise KoreBadResponseError(what, operation=operation, campaign_id=params.get("campaign_id"))
                 yield from results
                 more, total = data.get("hasMore"), data.get("totalPages")
                 if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
