@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import _compat, api, engine, pacing
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreConfigurationError, Secrets
 from airflow_provider_kore.ids import DEFAULT_CONN_ID
-from airflow_provider_kore.shared import Driver, answer, network_failure
+from airflow_provider_kore.shared import Driver, JwtSigner, answer, network_failure
 
 if TYPE_CHECKING:
     import aiohttp

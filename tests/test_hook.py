@@ -15,7 +15,6 @@ import requests
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from airflow_provider_kore import pacing
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -29,6 +28,7 @@ from airflow_provider_kore.exceptions import (
     KoreServerError,
 )
 from airflow_provider_kore.hooks.kore import KoreHook
+from airflow_provider_kore.shared import JwtSigner
 
 SECRET = "hook-test-client-secret-0123456789abcdef"
 BASE = "https://kore.test"

@@ -12,12 +12,11 @@ import requests
 
 from airflow_provider_kore import api, connection_form_widgets, engine, pacing, ui_field_behaviour
 from airflow_provider_kore._compat import BaseHook
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreError, KoreNotFoundError, KoreOutcomeUnknownError, Secrets, redact
 from airflow_provider_kore.hooks.pipelines import KorePipelineCalls
 from airflow_provider_kore.ids import DEFAULT_CONN_ID
-from airflow_provider_kore.shared import Driver, answer, network_failure
+from airflow_provider_kore.shared import Driver, JwtSigner, answer, network_failure
 
 #: The Test button reads the status of a campaign no one has, for at most this many seconds.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
@@ -58,13 +57,8 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
         self._sleep = time.sleep
 
     # Airflow 3.0 / 3.1 build the connection form from these (3.2+ from the provider info's conn-fields).
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        return connection_form_widgets()
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return ui_field_behaviour()
+    get_connection_form_widgets = staticmethod(connection_form_widgets)
+    get_ui_field_behaviour = staticmethod(ui_field_behaviour)
 
     @cached_property
     def config(self) -> KoreConnectionConfig:
