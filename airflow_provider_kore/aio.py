@@ -230,12 +230,9 @@ class KoreAsyncClient(Driver):
         :class:`~airflow_provider_kore.engine.Exchange`); return (parsed answer, pacing-clock send time)."""
         config = self.config
         until = None if deadline is None else pacing.clock() + (deadline - time.time())
+        secrets = Secrets(config.client_secret)
         exchange = engine.Exchange(
-            self._prepare(key),
-            secrets=Secrets(config.client_secret),
-            max_retries=config.max_retries,
-            deadline=until,
-            **flags,
+            self._prepare(key), secrets=secrets, max_retries=config.max_retries, deadline=until, **flags
         )
         while True:
             token = self.signer.token()
@@ -243,7 +240,7 @@ class KoreAsyncClient(Driver):
                 sent_at = await self.pacing.acquire(until, priority=exchange.priority)
             except pacing.BudgetExhausted as exc:
                 raise exchange.out_of_time(exc.reason) from None
-            what = await self._send(exchange.call, token, exchange.timeout(pacing.clock(), config.timeout))
+            what = await self._send(exchange, token)
             decision = self._decided(exchange, what, sent_at, token, self.pacing, wait)
             if (result := decision.final()) is not None:
                 return result, sent_at
@@ -254,10 +251,11 @@ class KoreAsyncClient(Driver):
             elif decision.action == "retry":
                 await _sleep(decision.delay)
 
-    async def _send(self, call: api.PreparedCall, token: str, timeout: float) -> engine.Answer | engine.NetworkFailure:
+    async def _send(self, exchange: engine.Exchange, token: str) -> engine.Answer | engine.NetworkFailure:
         import aiohttp
 
-        headers, limit = {**call.headers, "auth": token}, aiohttp.ClientTimeout(total=timeout)
+        call, limit = exchange.call, aiohttp.ClientTimeout(total=exchange.timeout(pacing.clock(), self.config.timeout))
+        headers = {**call.headers, "auth": token}
         try:
             async with self.session.request(
                 call.method,

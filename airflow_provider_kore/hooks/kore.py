@@ -1,29 +1,42 @@
 """``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange`, over one keep-alive
-``requests`` session: it signs, takes its pacing turn, sends and sleeps; the engine decides the rest."""
+``requests`` session (it signs, takes its pacing turn, sends and sleeps; the engine decides the rest), and the
+campaign and pipeline calls built on it."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
 import requests
 
-from airflow_provider_kore import api, connection_form_widgets, engine, pacing, ui_field_behaviour
+from airflow_provider_kore import api, connection_form_widgets, engine, ids, pacing, ui_field_behaviour
 from airflow_provider_kore._compat import BaseHook
 from airflow_provider_kore.config import KoreConnectionConfig
-from airflow_provider_kore.exceptions import KoreError, KoreNotFoundError, KoreOutcomeUnknownError, Secrets, redact
-from airflow_provider_kore.hooks.pipelines import KorePipelineCalls
-from airflow_provider_kore.ids import DEFAULT_CONN_ID
+from airflow_provider_kore.exceptions import (
+    KoreBadResponseError,
+    KoreCampaignAmbiguousError,
+    KoreCampaignNotFoundError,
+    KoreConfigurationError,
+    KoreError,
+    KoreNotFoundError,
+    KoreOutcomeUnknownError,
+    Secrets,
+    redact,
+)
 from airflow_provider_kore.shared import Driver, JwtSigner, answer, network_failure
 
 #: The Test button reads the status of a campaign no one has, for at most this many seconds.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
 TEST_CONNECTION_DEADLINE = 15.0
+PAGE = 100  # rows per page of campaigns and of contact outcomes (Kore's maximum for those)
+DEFAULT_BATCH_SIZE = 500  # contacts per add-contacts request: Kore documents no limit, so bodies stay small
 
 
-class KoreHook(KorePipelineCalls, Driver, BaseHook):
+class KoreHook(Driver, BaseHook):
     """Calls Kore.ai's campaign API with a ``kore`` connection.
 
     :param kore_conn_id: The ``kore`` connection: host = platform URL, login = Client ID, password = Client
@@ -37,7 +50,7 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
     """
 
     conn_name_attr = "kore_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
+    default_conn_name = ids.DEFAULT_CONN_ID
     conn_type = "kore"
     hook_name = "Kore.ai"
 
@@ -154,6 +167,116 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
         call = {"campaign_id": campaign_id, "campaign_type": campaign_type, "stream_id": stream_id}
         return self._request("stop_campaign", deadline=deadline, priority=priority, **call)
 
+    def list_campaigns(
+        self, campaign_type: str, statuses: str | Iterable[str] | None = None, stream_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page: Kore's rows
+        with ``id`` set (voice rows carry ``_id``, SMS rows ``id``)."""
+        body: dict[str, Any] = {
+            "type": ids.validate_campaign_type(campaign_type),
+            "limit": PAGE,
+            "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
+        }
+        wanted = api.campaign_statuses(statuses)
+        if wanted:
+            body["filters"] = {"status": wanted}
+        pages = self._pages(
+            "list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE}, stream_id=stream_id
+        )
+        return _with_ids(pages)
+
+    def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
+        """The id of the one ``campaign_type`` campaign named exactly ``name`` (else
+        :class:`KoreCampaignNotFoundError` or :class:`KoreCampaignAmbiguousError`)."""
+        if not isinstance(name, str) or not name.strip():
+            raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
+        kind = ids.validate_campaign_type(campaign_type)
+        found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
+        where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)[0]!r}"
+        if not found:
+            raise KoreCampaignNotFoundError(f"Kore.ai has no {where}", operation="list_campaigns")
+        if len(found) > 1:
+            raise KoreCampaignAmbiguousError(
+                f"Kore.ai has {len(found)} of {where} ({', '.join(found[:5])}): pass campaign_id instead"
+            )
+        return str(found[0])
+
+    def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
+        read = {"campaign_id": campaign_id, "stream_id": stream_id}
+        return self._pages("get_campaign_contacts", lambda page: {"limit": PAGE, "page": page}, **read)
+
+    def create_contact_list(
+        self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``. A lost
+        answer raises :class:`KoreOutcomeUnknownError` (the list may exist)."""
+        body = {
+            "name": ids.validate_text("name", name, ids.MAX_LIST_NAME_LENGTH),
+            "description": ids.validate_text("description", description, ids.MAX_LIST_DESCRIPTION_LENGTH),
+            "source": "passiveApi",
+            "allowDuplicates": bool(allow_duplicates),
+        }
+        subject = f"contact list {name!r}"
+        return self._request("create_contact_list", stream_id=stream_id, body=body, subject=subject)["data"]
+
+    def add_contacts(
+        self,
+        contact_list_name: str,
+        contacts: Iterable[Mapping[str, Any]],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        stream_id: str | None = None,
+    ) -> int:
+        """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
+
+        ``contacts`` is read lazily; each batch is checked (:func:`~airflow_provider_kore.api.contact_payload`)
+        before it is sent. Kore queues the add: it is not done on return. A lost answer raises
+        :class:`KoreOutcomeUnknownError`, never re-sent.
+        """
+        name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        self.config.resolve_stream_id(stream_id)
+        rows, sent = iter(contacts), 0
+        while True:
+            batch = []
+            for number, contact in enumerate(itertools.islice(rows, batch_size), start=sent + 1):
+                try:
+                    batch.append(api.contact_payload(contact))
+                except KoreConfigurationError as exc:
+                    raise KoreConfigurationError(f"contact {number}: {exc}") from None
+            if not batch:
+                return sent
+            body = {"contact_list_name": name, "data": batch}
+            try:
+                self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {name!r}")
+            except KoreOutcomeUnknownError as exc:
+                exc.args = (f"{exc.args[0]} ({sent} contacts were sent before this batch of {len(batch)})",)
+                raise
+            sent += len(batch)
+
+    def _pages(
+        self, operation: str, body_for: Callable[[int], dict[str, Any]], **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
+        api.prepare(self.config, operation, body=body_for(1), **params)
+
+        def read() -> Iterator[dict[str, Any]]:
+            for page in itertools.count(1):
+                data = self._request(operation, body=body_for(page), **params)["data"]
+                results = data.get("results")
+                if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
+                    what = f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list"
+                    raise KoreBadResponseError(what, operation=operation, campaign_id=params.get("campaign_id"))
+                yield from results
+                more, total = data.get("hasMore"), data.get("totalPages")
+                if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
+                    more = page < total if isinstance(total, int) else len(results) >= body_for(page)["limit"]
+                if not results or not more:
+                    return
+
+        return read()
+
     def test_connection(self) -> tuple[bool, str]:
         """The Test button: one status read of a campaign no one has.
 
@@ -190,20 +313,16 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
         exchange = engine.Exchange(call, secrets=secrets, max_retries=retries, priority=priority, deadline=until)
         # A priority stop may run in on_kill, a SIGTERM handler interrupting this thread mid-request: it takes no
         # lock the interrupted call could hold (its own session, the pacer's lock-free path).
-        own_session = self._new_session() if priority else None
+        own_session, pacer = self._new_session() if priority else None, self.pacer
         try:
             while True:
                 token = self.signer.token()
                 try:
-                    sent_at = (
-                        self.pacer.acquire_priority() if priority else self.pacer.acquire(until, sleep=self._sleep)
-                    )
+                    sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
                 except pacing.BudgetExhausted as exc:
                     raise exchange.out_of_time(exc.reason) from None
-                what = self._send(
-                    own_session or self.session, exchange.call, token, exchange.timeout(pacing.clock(), self.timeout)
-                )
-                decision = self._decided(exchange, what, sent_at, token, self.pacer)
+                what = self._send(own_session or self.session, exchange, token)
+                decision = self._decided(exchange, what, sent_at, token, pacer)
                 if (result := decision.final()) is not None:
                     return result
                 if decision.action == "reload":
@@ -216,16 +335,12 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
             if own_session is not None:
                 own_session.close()
 
-    def _send(self, session: requests.Session, call: api.PreparedCall, token: str, timeout: float) -> Any:
+    def _send(self, session: requests.Session, exchange: engine.Exchange, token: str) -> Any:
+        call, limit = exchange.call, exchange.timeout(pacing.clock(), self.timeout)
         headers = {**call.headers, "auth": token}
         try:
             response = session.request(
-                call.method,
-                call.url,
-                headers=headers,
-                data=call.body,
-                timeout=(timeout, timeout),
-                allow_redirects=False,
+                call.method, call.url, headers=headers, data=call.body, timeout=(limit, limit), allow_redirects=False
             )
         except requests.exceptions.RequestException as exc:
             return network_failure(exc)
@@ -245,3 +360,15 @@ class KoreHook(KorePipelineCalls, Driver, BaseHook):
         self.__dict__["config"] = config
         self.__dict__.pop("signer", None)
         return True
+
+
+def _with_ids(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Campaign rows with ``id`` set; a row a moved page boundary repeats is dropped."""
+    seen: set[str] = set()
+    for row in rows:
+        campaign_id = row.get("_id") or row.get("id")
+        if not isinstance(campaign_id, str) or not campaign_id:
+            raise KoreBadResponseError(f"Kore.ai list campaigns: a row without _id or id: {row.get('name')!r}")
+        if campaign_id not in seen:
+            seen.add(campaign_id)
+            yield {**row, "id": campaign_id}
