@@ -1,7 +1,6 @@
 """The async driver of :class:`~airflow_provider_kore.engine.Exchange`: :class:`KoreAsyncClient`, one per event
-loop and connection (get it from :func:`~airflow_provider_kore.shared.shared_client`). It sends, sleeps and
-coalesces status reads of one campaign. ``aiohttp`` is imported on first use, never at import.
-"""
+loop and connection (from :func:`~airflow_provider_kore.shared.shared_client`). It sends, sleeps and coalesces
+status reads of one campaign. ``aiohttp`` is imported on first use, never at import."""
 
 from __future__ import annotations
 
@@ -110,7 +109,7 @@ class KoreAsyncClient(Driver):
             return self._coalesced(wait, fetched_at, data)
         shared = self._inflight[url] = asyncio.get_running_loop().create_future()
         try:
-            answer, sent_at = await self._exchange(key, deadline, wait, patient=patient)
+            result, sent_at = await self._exchange(key, deadline, wait, patient=patient)
         except BaseException as exc:
             # The reads that joined read for themselves when this one was abandoned (cancelled, or out of its
             # caller's time); otherwise they share its error.
@@ -122,11 +121,11 @@ class KoreAsyncClient(Driver):
             del self._inflight[url]
         if len(self._answers) >= _CACHE_SIZE:
             self._answers.clear()
-        self._answers[url] = (sent_at, answer["data"])
+        self._answers[url] = (sent_at, result["data"])
         shared.set_result(self._answers[url])
         if wait is not None:
             wait.seen_at = sent_at
-        return answer["data"]
+        return result["data"]
 
     def _coalesced(self, wait: WaitCounters | None, fetched_at: float, data: dict[str, Any]) -> dict[str, Any]:
         self.pacing.budget.coalesced += 1
@@ -143,15 +142,10 @@ class KoreAsyncClient(Driver):
         *,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Stop (``trigger=stop``) a campaign at once; returns Kore's answer (``status``, ``message``, ...).
-
-        A stop goes ahead of status reads and of a pause of the connection, and is retried (a 429 or 503
-        included) until ``deadline`` (epoch seconds).
-        """
-        answer, _ = await self._exchange(
-            ("stop_campaign", campaign_id, stream_id, campaign_type), deadline, priority=True
-        )
-        return answer
+        """Stop (``trigger=stop``) a campaign at once, ahead of status reads and of a pause of the connection,
+        retried (a 429 or 503 included) until ``deadline`` (epoch seconds); returns Kore's answer."""
+        key = ("stop_campaign", campaign_id, stream_id, campaign_type)
+        return (await self._exchange(key, deadline, priority=True))[0]
 
     async def open(self) -> None:
         """Look the connection up and open the session, once for every concurrent first user (``shared_client``)."""

@@ -1,7 +1,6 @@
 """What the two drivers of :class:`~airflow_provider_kore.engine.Exchange` share (``hooks/kore.py`` over
-``requests``, ``aio.py`` over ``aiohttp``), and the registry that gives every trigger of an event loop the
-loop's one :class:`~airflow_provider_kore.aio.KoreAsyncClient` per connection (one lookup, session, JWT, pacer).
-"""
+``requests``, ``aio.py`` over ``aiohttp``), and the registry that gives the triggers of an event loop one
+:class:`~airflow_provider_kore.aio.KoreAsyncClient` per connection (one lookup, session, JWT and pacer)."""
 
 from __future__ import annotations
 

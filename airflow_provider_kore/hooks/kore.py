@@ -4,6 +4,7 @@ campaign and pipeline calls built on it."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import time
@@ -278,19 +279,18 @@ class KoreHook(Driver, BaseHook):
         return read()
 
     def test_connection(self) -> tuple[bool, str]:
-        """The Test button: one status read of a campaign no one has.
-
-        Kore checks the token before the campaign, so "campaign not found" proves the credentials and the
-        stream; any other 404 (an unknown stream, a wrong platform URL) does not.
-        """
+        """The Test button: one status read of a campaign no one has. Kore checks the token before the campaign,
+        so "campaign not found" proves the credentials and the stream; another 404 (an unknown stream, a wrong
+        platform URL) does not."""
         config = None
         try:
             config = self.config
-            # The API server builds a throwaway hook for every click: bound it, and give it a pacer of its own,
-            # never registered, so the long-running server does not grow.
-            self.__dict__["pacer"] = pacing.SyncPacer(self.kore_conn_id)
-            self._max_retries_override, self._timeout_override = 1, min(self.timeout, TEST_CONNECTION_DEADLINE)
-            self.get_campaign_status(TEST_CONNECTION_CAMPAIGN_ID, deadline=time.time() + TEST_CONNECTION_DEADLINE)
+            probe = copy.copy(self)  # this hook, bounded for the click: one retry, at most 15 s
+            probe._max_retries_override, probe._timeout_override = 1, min(self.timeout, TEST_CONNECTION_DEADLINE)
+            # The API server builds a hook per click under a throwaway connection id: a pacer of its own, never
+            # registered, so the long-running server does not grow.
+            probe.__dict__["pacer"] = pacing.SyncPacer(self.kore_conn_id)
+            probe.get_campaign_status(TEST_CONNECTION_CAMPAIGN_ID, deadline=time.time() + TEST_CONNECTION_DEADLINE)
         except KoreNotFoundError as err:
             text = (err.kore_message or "").lower()
             unknown_campaign = "campaign" in text and any(w in text for w in ("not found", "does not exist", "no such"))
