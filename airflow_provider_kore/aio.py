@@ -14,7 +14,7 @@ from airflow_provider_kore import _compat, api, engine, pacing
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreConfigurationError, Secrets
 from airflow_provider_kore.ids import DEFAULT_CONN_ID
-from airflow_provider_kore.shared import Driver, JwtSigner, answer, network_failure
+from airflow_provider_kore.shared import Driver, JwtSigner, Outcome, answer, network_failure
 
 if TYPE_CHECKING:
     import aiohttp
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 CONNECTION_LIMIT = 100  # open connections per session: enough for a busy triggerer, far below Kore's limits
 RELOAD_MIN_INTERVAL = 60.0  # a second 401 re-reads the connection (a rotated secret) at most this often
 _CACHE_SIZE = 10_000  # prepared requests and latest answers kept per client (cleared when full: flat memory)
-_NO_ANSWER: tuple[float, dict[str, Any]] = (float("-inf"), {})
+_NO_ANSWER: tuple[float, dict[str, Any]] = (float("-inf"), {})  # what a cache miss reads as: never recent
 _Key = tuple[str, str, str | None, str | None]  # operation, campaign id, stream id, campaign type
 _ssl_contexts: dict[str, Any] = {}  # CA bundle path -> SSL context, once per process (~25 ms each)
 
@@ -31,7 +31,7 @@ async def _sleep(seconds: float) -> None:  # backoff between retries (a seam for
     await asyncio.sleep(seconds)
 
 
-@dataclass
+@dataclass(slots=True)
 class WaitCounters:
     """What one wait's reads cost: requests sent, reads answered by another's (``coalesced``), 429s."""
 
@@ -245,7 +245,7 @@ class KoreAsyncClient(Driver):
             elif decision.action == "retry":
                 await _sleep(decision.delay)
 
-    async def _send(self, exchange: engine.Exchange, token: str) -> engine.Answer | engine.NetworkFailure:
+    async def _send(self, exchange: engine.Exchange, token: str) -> Outcome:
         import aiohttp
 
         call, limit = exchange.call, aiohttp.ClientTimeout(total=exchange.timeout(pacing.clock(), self.config.timeout))

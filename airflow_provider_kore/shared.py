@@ -46,6 +46,9 @@ def network_failure(exc: BaseException) -> engine.NetworkFailure:
     return engine.NetworkFailure(kind, f"{type(exc).__name__}: {detail}")
 
 
+Outcome = engine.Answer | engine.NetworkFailure  # what one attempt brought back
+
+
 def answer(status: int, body: bytes, headers: Mapping[str, str]) -> engine.Answer:
     """What a driver hands the engine when Kore (or something in between) answered."""
     return engine.Answer(status, body, headers.get("Retry-After"), headers.get("Location"))
@@ -107,7 +110,7 @@ class Driver:
     def _decided(
         self,
         exchange: engine.Exchange,
-        what: engine.Answer | engine.NetworkFailure,
+        what: Outcome,
         sent_at: float,
         token: str,
         pacer: pacing.SyncPacer | pacing.AsyncPacer,

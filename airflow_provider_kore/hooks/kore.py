@@ -28,7 +28,7 @@ from airflow_provider_kore.exceptions import (
     Secrets,
     redact,
 )
-from airflow_provider_kore.shared import Driver, JwtSigner, answer, network_failure
+from airflow_provider_kore.shared import Driver, JwtSigner, Outcome, answer, network_failure
 
 #: The Test button reads the status of a campaign no one has, for at most this many seconds.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
@@ -335,7 +335,7 @@ class KoreHook(Driver, BaseHook):
             if own_session is not None:
                 own_session.close()
 
-    def _send(self, session: requests.Session, exchange: engine.Exchange, token: str) -> Any:
+    def _send(self, session: requests.Session, exchange: engine.Exchange, token: str) -> Outcome:
         call, limit = exchange.call, exchange.timeout(pacing.clock(), self.timeout)
         headers = {**call.headers, "auth": token}
         try:
