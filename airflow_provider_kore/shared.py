@@ -98,7 +98,6 @@ class JwtSigner:
 class Driver:
     """The request counters, and one attempt's bookkeeping around :meth:`engine.Exchange.decide`."""
 
-    kore_conn_id: str
     log: Any
     if TYPE_CHECKING:
 
