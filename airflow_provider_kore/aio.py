@@ -1,104 +1,79 @@
-"""The async driver of the request engine: one :class:`KoreAsyncClient` per event loop and connection.
-
-Every decision comes from :class:`airflow_provider_kore.engine.Exchange`; this module only sends,
-sleeps, and coalesces status reads of one campaign (a read joins one in flight, or reuses a recent
-answer). :mod:`airflow_provider_kore.shared` shares a client between the triggers of a loop.
-``aiohttp`` is imported on first use, never at import.
-"""
+"""The async driver of :class:`~airflow_provider_kore.engine.Exchange`: :class:`KoreAsyncClient`, one per event
+loop and connection (from :func:`~airflow_provider_kore.shared.shared_client`). It sends, sleeps and coalesces
+status reads of one campaign. ``aiohttp`` is imported on first use, never at import."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import _compat, api, engine, pacing
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import KoreConfigurationError, Secrets
 from airflow_provider_kore.ids import DEFAULT_CONN_ID
+from airflow_provider_kore.shared import Driver, JwtSigner, Outcome, answer, network_failure
 
 if TYPE_CHECKING:
     import aiohttp
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-#: Open connections per shared session: enough for a busy triggerer, far below Kore's limits.
-CONNECTION_LIMIT = 100
-#: A second 401 re-reads the connection (a rotated secret) at most this often per client.
-RELOAD_MIN_INTERVAL = 60.0
-#: Prepared requests and latest status answers kept per client (cleared when full: flat memory).
-_CACHE_SIZE = 10_000
+CONNECTION_LIMIT = 100  # open connections per session: enough for a busy triggerer, far below Kore's limits
+RELOAD_MIN_INTERVAL = 60.0  # a second 401 re-reads the connection (a rotated secret) at most this often
+_CACHE_SIZE = 10_000  # prepared requests and latest answers kept per client (cleared when full: flat memory)
+_NO_ANSWER: tuple[float, dict[str, Any]] = (float("-inf"), {})  # what a cache miss reads as: never recent
+_Key = tuple[str, str, str | None, str | None]  # operation, campaign id, stream id, campaign type
 _ssl_contexts: dict[str, Any] = {}  # CA bundle path -> SSL context, once per process (~25 ms each)
 
 
-async def _sleep(seconds: float) -> None:
-    """Backoff between retries (a seam for tests)."""
+async def _sleep(seconds: float) -> None:  # backoff between retries (a seam for tests)
     await asyncio.sleep(seconds)
 
 
+@dataclass(slots=True)
 class WaitCounters:
     """What one wait's reads cost: requests sent, reads answered by another's (``coalesced``), 429s."""
 
-    __slots__ = ("coalesced", "rate_limited", "requests", "seen_at")
-
-    def __init__(self) -> None:
-        self.requests = self.coalesced = self.rate_limited = 0
-        self.seen_at = float("-inf")  # pacing-clock send time of the answer it read last
-
-
-def _opened(value: T | None) -> T:
-    if value is None:
-        raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
-    return value
+    requests: int = 0
+    coalesced: int = 0
+    rate_limited: int = 0
+    seen_at: float = float("-inf")  # pacing-clock send time of the answer it read last
 
 
 class _LeaderGone(Exception):
     """The read a wait joined was abandoned (cancelled, or out of time); the wait reads itself."""
 
 
-class KoreAsyncClient:
-    """One ``kore`` connection in one event loop (get it from :func:`~.shared.shared_client`)."""
+class KoreAsyncClient(Driver):
+    """One ``kore`` connection in one event loop."""
+
+    log = logging.getLogger(__name__)
+    session: aiohttp.ClientSession  # once open
+    signer: JwtSigner
 
     def __init__(self, kore_conn_id: str = DEFAULT_CONN_ID) -> None:
         self.kore_conn_id = kore_conn_id
         self._config: KoreConnectionConfig | None = None
-        self._signer: JwtSigner | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._proxy: dict[str, Any] = {}  # proxy and proxy_auth, read once from the environment
-        self._prepared: dict[tuple[str, str, str | None, str | None], api.PreparedCall] = {}
+        self._prepared: dict[_Key, api.PreparedCall] = {}
         self._open_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[KoreConnectionConfig] | None = None
         self._reloaded_at = float("-inf")
-        #: How many holders of :func:`shared_client` share this client now.
-        self.users = 0
+        self.users = 0  # holders of shared_client(...) now
         self.pacing = pacing.AsyncPacer(pacing.Budget(kore_conn_id, waits=lambda: self.users))
         # Status reads in flight and the latest answers, by URL (one per stream and campaign).
         self._inflight: dict[str, asyncio.Future[tuple[float, dict[str, Any]]]] = {}
         self._answers: dict[str, tuple[float, dict[str, Any]]] = {}
         self.closed = False
-        # Counters: requests on the wire, retries, 429s, re-signed tokens, connection lookups.
-        self.requests_sent = self.retries = self.rate_limited = self.auth_refreshes = self.connection_lookups = 0
-
-    def __repr__(self) -> str:
-        return f"KoreAsyncClient(kore_conn_id={self.kore_conn_id!r}, users={self.users}, closed={self.closed})"
+        self.connection_lookups = 0
 
     @property
     def config(self) -> KoreConnectionConfig:
-        """The validated connection (once the client is open)."""
-        return _opened(self._config)
-
-    @property
-    def signer(self) -> JwtSigner:
-        """The JWT signer every request of this client shares."""
-        return _opened(self._signer)
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The shared ``aiohttp`` session (one keep-alive pool)."""
-        return _opened(self._session)
+        """The validated connection (once open)."""
+        if self._config is None:
+            raise RuntimeError("KoreAsyncClient is not open: use `async with shared_client(...)`")
+        return self._config
 
     async def get_campaign_status(
         self,
@@ -112,73 +87,51 @@ class KoreAsyncClient:
     ) -> dict[str, Any]:
         """The campaign's status ``data``; a read joins one of the same campaign already in flight.
 
-        :param max_age: Also accept an answer another caller got less than this many seconds
-            ago (never one ``wait`` has already seen).
-        :param deadline: Epoch seconds after which no request is worth sending: with no turn
-            before it, :class:`~airflow_provider_kore.exceptions.KoreRateLimitError` is raised.
+        :param max_age: Also accept an answer another caller got less than this many seconds ago (never
+            one ``wait`` has already seen).
+        :param deadline: Epoch seconds after which no request is worth sending (then ``KoreRateLimitError``).
         :param wait: The calling wait's counters (updated in place).
-        :param patient: Ride out an outage: a transient failure pauses the connection and the
-            read is made again after the pause, until ``deadline`` (then the last failure is raised).
+        :param patient: Ride out an outage: a transient failure pauses the connection and the read is made
+            again after the pause, until ``deadline`` (then the last failure is raised).
         """
-        prepared = self._prepare("get_campaign_status", campaign_id, stream_id, None)
-        key = prepared.url
+        key = ("get_campaign_status", campaign_id, stream_id, None)
+        url = self._prepare(key).url
         while True:
-            if max_age > 0:
-                cached = self._answers.get(key)
-                if cached is not None:
-                    fetched_at, data = cached
-                    if pacing.clock() - fetched_at < max_age and (wait is None or fetched_at > wait.seen_at):
-                        self._shared_answer(wait, fetched_at)
-                        return data
-            shared = self._inflight.get(key)
-            if shared is None:
-                return await self._lead_status_read(key, campaign_id, stream_id, deadline, wait, patient)
-            try:
-                # Shielded: one follower being cancelled must not cancel the read for the others.
-                fetched_at, data = await asyncio.shield(shared)
+            fetched_at, data = self._answers.get(url, _NO_ANSWER)
+            if pacing.clock() - fetched_at < max_age and (wait is None or fetched_at > wait.seen_at):
+                return self._coalesced(wait, fetched_at, data)
+            if (joined := self._inflight.get(url)) is None:
+                break  # no read to join: this one leads
+            try:  # shielded: one follower cancelled must not cancel the read for the others
+                fetched_at, data = await asyncio.shield(joined)
             except _LeaderGone:
                 continue
-            self._shared_answer(wait, fetched_at)
-            return data
-
-    def _shared_answer(self, wait: WaitCounters | None, fetched_at: float) -> None:
-        self.pacing.budget.coalesced += 1
-        if wait is not None:
-            wait.coalesced += 1
-            wait.seen_at = fetched_at
-
-    async def _lead_status_read(
-        self,
-        key: str,
-        campaign_id: str,
-        stream_id: str | None,
-        deadline: float | None,
-        wait: WaitCounters | None,
-        patient: bool,
-    ) -> dict[str, Any]:
-        shared: asyncio.Future[tuple[float, dict[str, Any]]] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = shared
+            return self._coalesced(wait, fetched_at, data)
+        shared = self._inflight[url] = asyncio.get_running_loop().create_future()
         try:
-            answer, sent_at = await self._exchange(
-                "get_campaign_status", campaign_id, stream_id, None, deadline, wait, patient=patient
-            )
+            result, sent_at = await self._exchange(key, deadline, wait, patient=patient)
         except BaseException as exc:
-            # Followers read for themselves when this read was abandoned (cancelled, or out of its
+            # The reads that joined read for themselves when this one was abandoned (cancelled, or out of its
             # caller's time); otherwise they share its error.
             abandoned = not isinstance(exc, Exception) or getattr(exc, "deadline_reached", False)
             shared.set_exception(_LeaderGone() if abandoned else exc)
             shared.exception()  # retrieved, so asyncio never warns when no one joined
             raise
         finally:
-            if self._inflight.get(key) is shared:
-                del self._inflight[key]
-        data: dict[str, Any] = answer["data"]
+            del self._inflight[url]
         if len(self._answers) >= _CACHE_SIZE:
             self._answers.clear()
-        self._answers[key] = (sent_at, data)
-        shared.set_result((sent_at, data))
+        self._answers[url] = (sent_at, result["data"])
+        shared.set_result(self._answers[url])
         if wait is not None:
             wait.seen_at = sent_at
+        return result["data"]
+
+    def _coalesced(self, wait: WaitCounters | None, fetched_at: float, data: dict[str, Any]) -> dict[str, Any]:
+        self.pacing.budget.coalesced += 1
+        if wait is not None:
+            wait.coalesced += 1
+            wait.seen_at = fetched_at
         return data
 
     async def stop_campaign(
@@ -189,66 +142,52 @@ class KoreAsyncClient:
         *,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Stop (``trigger=stop``) a campaign at once; returns Kore's answer (``status``, ``message``, ...).
+        """Stop (``trigger=stop``) a campaign at once, ahead of status reads and of a pause of the connection,
+        retried (a 429 or 503 included) until ``deadline`` (epoch seconds); returns Kore's answer."""
+        key = ("stop_campaign", campaign_id, stream_id, campaign_type)
+        return (await self._exchange(key, deadline, priority=True))[0]
 
-        A stop outranks status reads: it does not queue behind them or a pause of the connection,
-        and is retried (a 429 or 503 included) until ``deadline`` (epoch seconds).
-        """
-        answer, _ = await self._exchange(
-            "stop_campaign", campaign_id, stream_id, campaign_type, deadline, None, priority=True
-        )
-        return answer
-
-    async def _ensure_open(self) -> None:
-        if self._session is None:
-            # One task (shielded) for every concurrent first user: one lookup, one session.
-            self._open_task = self._open_task or asyncio.get_running_loop().create_task(self._open())
-            await asyncio.shield(self._open_task)
+    async def open(self) -> None:
+        """Look the connection up and open the session, once for every concurrent first user (``shared_client``)."""
+        self._open_task = self._open_task or asyncio.get_running_loop().create_task(self._open())
+        await asyncio.shield(self._open_task)
 
     async def _open(self) -> None:
-        try:
-            config = await self._lookup()
-            ssl, self._proxy = await asyncio.to_thread(_environment_settings, config)
-            import aiohttp
+        config = await self._lookup()
+        ssl, self._proxy = await asyncio.to_thread(_environment_settings, config)
+        import aiohttp
 
-            self._set_config(config)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ssl=ssl),
-                timeout=aiohttp.ClientTimeout(total=config.timeout),
-                headers={"User-Agent": "airflow-provider-kore"},
-                # Proxies are read once above; trust_env would read ~/.netrc on every request.
-                trust_env=False,
-            )
-        except BaseException:
-            self._open_task = None  # a later user starts afresh (the connection may be fixed by then)
-            raise
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ssl=ssl),
+            timeout=aiohttp.ClientTimeout(total=config.timeout),
+            headers={"User-Agent": "airflow-provider-kore"},
+            trust_env=False,  # proxies are read once above; trust_env would read ~/.netrc on every request
+        )
+        self._use(config)
 
     async def _lookup(self) -> KoreConnectionConfig:
         self.connection_lookups += 1
         # In a worker thread: Airflow's lookup and masker may block on the supervisor.
         return await _compat.run_sync(KoreConnectionConfig.load, self.kore_conn_id)
 
-    def _set_config(self, config: KoreConnectionConfig) -> None:
+    def _use(self, config: KoreConnectionConfig) -> None:
         self._config = config
-        self._signer = JwtSigner(
-            config.client_id, config.client_secret, algorithm=config.jwt_algorithm, per_request=config.jwt_per_request
-        )
+        self.signer = JwtSigner(config)
         self._prepared.clear()
         self.pacing.budget.configure(config.max_requests_per_minute, config.max_requests_per_hour)
 
     async def aclose(self) -> None:
-        """Close the session. :func:`shared_client` calls this when its last user is done."""
+        """Close the session (the last holder of :func:`shared_client` does)."""
         self.closed = True
         for task in (self._open_task, self._reload_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)  # retrieved: asyncio never warns
-        session, self._session = self._session, None
-        if session is not None:
-            await session.close()
+        if self._config is not None:
+            await self.session.close()
 
-    async def _reload_credentials(self, used: KoreConnectionConfig) -> bool:
-        """Re-read the connection after a fresh token was refused; True if the credentials changed.
+    async def _reload(self, used: KoreConnectionConfig) -> bool:
+        """Re-read the connection after a fresh token was refused; True if it changed since ``used`` was read.
 
         One lookup, shared by every request that meets the 401, at most once a minute.
         """
@@ -260,115 +199,70 @@ class KoreAsyncClient:
             try:
                 config = await asyncio.shield(task)
             except Exception as exc:
-                log.warning("Could not re-read connection %r after a refused token: %s", self.kore_conn_id, exc)
+                self.log.warning("Could not re-read connection %r after a refused token: %s", self.kore_conn_id, exc)
                 return False
             if config != used and self._config is used:
-                log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
-                self._set_config(config)
+                self.log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
+                self._use(config)
         return self._config is not used
 
-    def _prepare(
-        self, operation: str, campaign_id: str, stream_id: str | None, campaign_type: str | None
-    ) -> api.PreparedCall:
-        key = (operation, campaign_id, stream_id, campaign_type)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            prepared = api.prepare(
-                self.config, operation, stream_id=stream_id, campaign_id=campaign_id, campaign_type=campaign_type
-            )
+    def _prepare(self, key: _Key) -> api.PreparedCall:
+        """The call a :data:`_Key` names, prepared once."""
+        if (prepared := self._prepared.get(key)) is None:
+            operation, campaign_id, stream_id, kind = key
             if len(self._prepared) >= _CACHE_SIZE:
                 self._prepared.clear()
-            self._prepared[key] = prepared
+            prepared = self._prepared[key] = api.prepare(
+                self.config, operation, stream_id=stream_id, campaign_id=campaign_id, campaign_type=kind
+            )
         return prepared
 
     async def _exchange(
-        self,
-        operation: str,
-        campaign_id: str,
-        stream_id: str | None,
-        campaign_type: str | None,
-        deadline: float | None,
-        wait: WaitCounters | None,
-        *,
-        patient: bool = False,
-        priority: bool = False,
+        self, key: _Key, deadline: float | None, wait: WaitCounters | None = None, **flags: Any
     ) -> tuple[dict[str, Any], float]:
-        """Send until the engine says done; return (parsed answer, pacing-clock send time)."""
-        import aiohttp
-
+        """Send the call ``key`` names until the engine says done (``flags``: ``patient``, ``priority``, see
+        :class:`~airflow_provider_kore.engine.Exchange`); return (parsed answer, pacing-clock send time)."""
         config = self.config
-        call = self._prepare(operation, campaign_id, stream_id, campaign_type)
         until = None if deadline is None else pacing.clock() + (deadline - time.time())
-        secrets, retries = Secrets(config.client_secret), config.max_retries
+        secrets = Secrets(config.client_secret)
         exchange = engine.Exchange(
-            call, secrets=secrets, max_retries=retries, patient=patient, priority=priority, deadline=until
+            self._prepare(key), secrets=secrets, max_retries=config.max_retries, deadline=until, **flags
         )
-        pacer, counters = self.pacing, wait or WaitCounters()
         while True:
             token = self.signer.token()
             try:
-                sent_at = await pacer.acquire(until, priority=priority)
+                sent_at = await self.pacing.acquire(until, priority=exchange.priority)
             except pacing.BudgetExhausted as exc:
                 raise exchange.out_of_time(exc.reason) from None
-            self.requests_sent += 1
-            counters.requests += 1
-            what: engine.Answer | engine.NetworkFailure
-            try:
-                async with self.session.request(
-                    call.method,
-                    call.url,
-                    headers={**call.headers, "auth": token},
-                    data=call.body,
-                    **self._proxy,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=exchange.timeout(pacing.clock(), config.timeout)),
-                ) as response:
-                    body = await response.read()
-                    what = engine.Answer(
-                        response.status, body, response.headers.get("Retry-After"), response.headers.get("Location")
-                    )
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                what = network_failure(exc)
-            decision = exchange.decide(what, pacing.clock())
-            pacer.record(decision.pacing, sent_at, decision.retry_after)
-            if decision.pacing == "rate_limited":
-                self.rate_limited += 1
-                counters.rate_limited += 1
+            what = await self._send(exchange, token)
+            decision = self._decided(exchange, what, sent_at, token, self.pacing, wait)
             if (result := decision.final()) is not None:
                 return result, sent_at
-            if decision.action == "resign":
-                self.auth_refreshes += 1
-                self.signer.invalidate(token)
-            elif decision.action == "reload":
-                exchange.reloaded(await self._reload_credentials(config)).final()
+            if decision.action == "reload":
+                exchange.reloaded(await self._reload(config)).final()  # the 401 stands unless it changed
                 config = self.config
-                exchange.call = call = self._prepare(operation, campaign_id, stream_id, campaign_type)
-                exchange.secrets = Secrets(config.client_secret)
+                exchange.call, exchange.secrets = self._prepare(key), Secrets(config.client_secret)
             elif decision.action == "retry":
-                self.retries += 1
-                log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
                 await _sleep(decision.delay)
 
+    async def _send(self, exchange: engine.Exchange, token: str) -> Outcome:
+        import aiohttp
 
-def network_failure(exc: BaseException) -> engine.NetworkFailure:
-    """What an ``aiohttp`` exception says about the request, without its text (it names the URL)."""
-    import socket
-    import ssl
-
-    import aiohttp
-
-    name = type(exc).__name__
-    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
-        return engine.NetworkFailure(engine.TLS, f"{name}: the TLS handshake failed")
-    if isinstance(exc, getattr(aiohttp, "ConnectionTimeoutError", ())):  # aiohttp 3.10+
-        return engine.NetworkFailure(engine.CONNECT, f"{name}: timed out connecting")
-    if isinstance(exc, asyncio.TimeoutError):
-        return engine.NetworkFailure(engine.TIMEOUT, f"{name}: no complete answer in time")
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, socket.gaierror):
-            return engine.NetworkFailure(engine.CONNECT, f"{name}: the host name could not be resolved")
-        return engine.NetworkFailure(engine.CONNECT, f"{name}: the connection was refused")
-    return engine.NetworkFailure(engine.DROPPED, f"{name}: the connection was dropped before a complete answer came")
+        call, limit = exchange.call, aiohttp.ClientTimeout(total=exchange.timeout(pacing.clock(), self.config.timeout))
+        headers = {**call.headers, "auth": token}
+        try:
+            async with self.session.request(
+                call.method,
+                call.url,
+                headers=headers,
+                data=call.body,
+                allow_redirects=False,
+                timeout=limit,
+                **self._proxy,
+            ) as response:
+                return answer(response.status, await response.read(), response.headers)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return network_failure(exc)
 
 
 def _environment_settings(config: KoreConnectionConfig) -> tuple[Any, dict[str, Any]]:

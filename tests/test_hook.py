@@ -15,7 +15,6 @@ import requests
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from airflow_provider_kore import pacing
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
     KoreApiError,
@@ -29,6 +28,7 @@ from airflow_provider_kore.exceptions import (
     KoreServerError,
 )
 from airflow_provider_kore.hooks.kore import KoreHook
+from airflow_provider_kore.shared import JwtSigner
 
 SECRET = "hook-test-client-secret-0123456789abcdef"
 BASE = "https://kore.test"
@@ -243,7 +243,8 @@ def test_one_token_is_reused_across_requests(hook, requests_mock):
 
 def test_token_is_refreshed_before_expiry():
     now = [1_000_000.0]
-    signer = JwtSigner("cs", SECRET, clock=lambda: now[0], lifetime=300)
+    config = KoreConnectionConfig(base_url=BASE, client_id="cs", client_secret=SECRET, account_id="acc-1")
+    signer = JwtSigner(config, clock=lambda: now[0])
     first = signer.token()
     now[0] += 200
     assert signer.token() == first

@@ -1,83 +1,57 @@
-"""``KoreHook``: the sync driver of the request engine over one keep-alive ``requests`` session.
-
-URLs come from :data:`airflow_provider_kore.api.ENDPOINTS`, tokens from
-:class:`~airflow_provider_kore.auth.JwtSigner`, and every decision (retry, re-sign, pause, give
-up, outcome unknown) from :class:`airflow_provider_kore.engine.Exchange`: this module only
-signs, takes its pacing turn, sends, sleeps and hands the answer back.
-"""
+"""``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange`, over one keep-alive
+``requests`` session (it signs, takes its pacing turn, sends and sleeps; the engine decides the rest), and the
+campaign and pipeline calls built on it."""
 
 from __future__ import annotations
 
+import copy
+import itertools
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
 from typing import Any
 
 import requests
 
-from airflow_provider_kore import api, engine, pacing
+from airflow_provider_kore import api, connection_form_widgets, engine, ids, pacing, ui_field_behaviour
 from airflow_provider_kore._compat import BaseHook
-from airflow_provider_kore.auth import JwtSigner
 from airflow_provider_kore.config import KoreConnectionConfig
 from airflow_provider_kore.exceptions import (
+    KoreBadResponseError,
+    KoreCampaignAmbiguousError,
+    KoreCampaignNotFoundError,
+    KoreConfigurationError,
     KoreError,
     KoreNotFoundError,
     KoreOutcomeUnknownError,
     Secrets,
     redact,
 )
-from airflow_provider_kore.hooks.pipelines import KorePipelineCalls
-from airflow_provider_kore.ids import (
-    DEFAULT_CONN_ID,
-)
+from airflow_provider_kore.shared import Driver, JwtSigner, Outcome, answer, network_failure
 
-#: A campaign id no one uses: the Test button reads its status to check the credentials.
+#: The Test button reads the status of a campaign no one has, for at most this many seconds.
 TEST_CONNECTION_CAMPAIGN_ID = "cd-airflow-connection-test"
-#: The Test button waits at most this long in all.
 TEST_CONNECTION_DEADLINE = 15.0
+PAGE = 100  # rows per page of campaigns and of contact outcomes (Kore's maximum for those)
+DEFAULT_BATCH_SIZE = 500  # contacts per add-contacts request: Kore documents no limit, so bodies stay small
 
 
-def network_failure(exc: requests.exceptions.RequestException) -> engine.NetworkFailure:
-    """What a ``requests`` exception says about the request, without its text (it embeds the URL)."""
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
-    name = type(exc).__name__
-    if isinstance(exc, requests.exceptions.SSLError):
-        return engine.NetworkFailure(engine.TLS, f"{name}: the TLS handshake failed")
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return engine.NetworkFailure(engine.CONNECT, f"{name}: timed out connecting")
-    if isinstance(exc, requests.exceptions.ReadTimeout):
-        return engine.NetworkFailure(engine.TIMEOUT, f"{name}: no answer in time")
-    causes: list[Any] = [exc]
-    for item in causes:  # walk the chain urllib3 wraps its errors in
-        if isinstance(item, NameResolutionError):
-            return engine.NetworkFailure(engine.CONNECT, f"{name}: the host name could not be resolved")
-        if isinstance(item, NewConnectionError):
-            return engine.NetworkFailure(engine.CONNECT, f"{name}: the connection was refused")
-        if isinstance(item, BaseException) and len(causes) < 20:
-            causes.extend(x for x in (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args) if x)
-    return engine.NetworkFailure(engine.DROPPED, f"{name}: the connection was dropped before an answer came")
-
-
-class KoreHook(KorePipelineCalls, BaseHook):
+class KoreHook(Driver, BaseHook):
     """Calls Kore.ai's campaign API with a ``kore`` connection.
 
-    :param kore_conn_id: The ``kore`` connection: host = platform URL, login = Client ID,
-        password = Client Secret, extras ``account_id`` (required), ``stream_id``, ``iid``,
-        ``timeout``, ``max_retries``, ``jwt_algorithm``, ``jwt_per_request``, ``verify``.
-    :param timeout: Seconds per request; overrides the connection's ``timeout`` extra.
-    :param max_retries: Retries of a transient failure (5xx, network); overrides the
-        connection's ``max_retries``. A 429 is not a failure: the connection pauses and the
-        request is sent again after the pause, without using a retry.
-    :param deadline: Epoch seconds (``time.time()``) after which a call gives up (a request
-        waiting for its turn raises :class:`~airflow_provider_kore.exceptions.KoreRateLimitError`).
-        None: each call waits at most :data:`~airflow_provider_kore.pacing.RATE_LIMIT_PATIENCE`
-        seconds for its turn.
+    :param kore_conn_id: The ``kore`` connection: host = platform URL, login = Client ID, password = Client
+        Secret, extras ``account_id`` (required), ``stream_id``, ``iid``, ``timeout``, ``max_retries``,
+        ``jwt_algorithm``, ``jwt_per_request``, ``verify``.
+    :param timeout: Seconds per request; overrides the connection's ``timeout``.
+    :param max_retries: Retries of a transient failure (5xx, network); overrides the connection's. A 429
+        spends none: the connection pauses and the request is sent again after the pause.
+    :param deadline: Epoch seconds after which a call gives up (``KoreRateLimitError`` while waiting for a
+        turn); None: each call waits at most ``pacing.RATE_LIMIT_PATIENCE`` seconds for its turn.
     """
 
     conn_name_attr = "kore_conn_id"
-    default_conn_name = DEFAULT_CONN_ID
+    default_conn_name = ids.DEFAULT_CONN_ID
     conn_type = "kore"
     hook_name = "Kore.ai"
 
@@ -96,23 +70,9 @@ class KoreHook(KorePipelineCalls, BaseHook):
         self.deadline = deadline
         self._sleep = time.sleep
 
-    # -- connection form: Airflow 3.0 / 3.1 (3.2+ reads conn-fields from get_provider_info) -----
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """The extra fields as wtforms fields, built from the provider info's ``conn-fields``."""
-        from airflow_provider_kore import connection_form_widgets
-
-        return connection_form_widgets()
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Hidden, relabelled and placeholder fields, from the provider info's ``ui-field-behaviour``."""
-        from airflow_provider_kore import ui_field_behaviour
-
-        return ui_field_behaviour()
-
-    # -- connection ---------------------------------------------------------------------------
+    # Airflow 3.0 / 3.1 build the connection form from these (3.2+ from the provider info's conn-fields).
+    get_connection_form_widgets = staticmethod(connection_form_widgets)
+    get_ui_field_behaviour = staticmethod(ui_field_behaviour)
 
     @cached_property
     def config(self) -> KoreConnectionConfig:
@@ -125,44 +85,31 @@ class KoreHook(KorePipelineCalls, BaseHook):
 
     @cached_property
     def signer(self) -> JwtSigner:
-        config = self.config
-        return JwtSigner(
-            config.client_id, config.client_secret, algorithm=config.jwt_algorithm, per_request=config.jwt_per_request
-        )
+        return JwtSigner(self.config)
 
     @cached_property
     def pacer(self) -> pacing.SyncPacer:
         """The process's pauses for this connection (after a 429, during an outage)."""
         return pacing.sync_pacer(self.kore_conn_id)
 
-    @cached_property
-    def session(self) -> requests.Session:
-        """One keep-alive session per hook.
-
-        Proxies and the CA bundle are read from the environment here, once, as requests would for
-        the platform URL; ``trust_env`` is then off so requests does not re-read them per call.
-        Redirects are never followed (the ``auth`` header would travel to the new host).
-        """
-        return self._new_session()
-
     def _new_session(self) -> requests.Session:
-        config = self.config
+        """A keep-alive session. Proxies and the CA bundle are read from the environment here, once, as requests
+        would; ``trust_env`` is then off so requests does not re-read them per call."""
         session = requests.Session()
         session.headers["User-Agent"] = "airflow-provider-kore"
-        session.proxies.update(requests.utils.get_environ_proxies(config.base_url))
-        verify = config.verify
-        if verify is True:
-            verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        session.verify = verify
+        session.proxies.update(requests.utils.get_environ_proxies(self.config.base_url))
+        session.verify = self.config.verify
+        if session.verify is True:
+            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         session.trust_env = False
         return session
 
+    session = cached_property(_new_session)
+
     def close(self) -> None:
         """Close the session's pooled connections."""
-        if "session" in self.__dict__:
-            self.session.close()
-
-    # -- the campaign calls ---------------------------------------------------------------------
+        if (session := self.__dict__.pop("session", None)) is not None:
+            session.close()
 
     def get_campaign_status(
         self, campaign_id: str, stream_id: str | None = None, *, deadline: float | None = None
@@ -171,8 +118,8 @@ class KoreHook(KorePipelineCalls, BaseHook):
 
         :param deadline: Epoch seconds by which to give up (a sensor's poke passes its own bound).
         """
-        call = "get_campaign_status"
-        return self._request(call, campaign_id=campaign_id, stream_id=stream_id, deadline=deadline)["data"]
+        status = self._request("get_campaign_status", campaign_id=campaign_id, stream_id=stream_id, deadline=deadline)
+        return status["data"]
 
     def get_campaign(self, campaign_id: str, stream_id: str | None = None) -> dict[str, Any]:
         """The campaign's full definition: the ``data`` object."""
@@ -183,10 +130,10 @@ class KoreHook(KorePipelineCalls, BaseHook):
     ) -> dict[str, Any]:
         """Start (``trigger=play``) a campaign; returns Kore's answer (``status``, ``message``, ``updatedAt``).
 
-        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that
-        never opened). A start whose answer was lost (a 500/502/504, a read timeout, a connection
-        dropped after sending) raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError`
-        naming the status read afterwards: it is never re-sent from here.
+        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that never
+        opened). A start whose answer was lost (a 500/502/504, a read timeout, a connection dropped after
+        sending) is never re-sent: it raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError`
+        naming the status read afterwards.
         """
         try:
             return self._request(
@@ -218,35 +165,132 @@ class KoreHook(KorePipelineCalls, BaseHook):
         :param deadline: Epoch seconds by which to give up (``on_kill`` passes its own bound).
         :param priority: Do not wait behind the connection's pause: a stop outranks reads.
         """
-        return self._request(
-            "stop_campaign",
-            campaign_id=campaign_id,
-            campaign_type=campaign_type,
-            stream_id=stream_id,
-            deadline=deadline,
-            priority=priority,
-        )
+        call = {"campaign_id": campaign_id, "campaign_type": campaign_type, "stream_id": stream_id}
+        return self._request("stop_campaign", deadline=deadline, priority=priority, **call)
 
-    # -- the Test button ------------------------------------------------------------------------
+    def list_campaigns(
+        self, campaign_type: str, statuses: str | Iterable[str] | None = None, stream_id: str | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page: Kore's rows
+        with ``id`` set (voice rows carry ``_id``, SMS rows ``id``)."""
+        body: dict[str, Any] = {
+            "type": ids.validate_campaign_type(campaign_type),
+            "limit": PAGE,
+            "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
+        }
+        wanted = api.campaign_statuses(statuses)
+        if wanted:
+            body["filters"] = {"status": wanted}
+        pages = self._pages(
+            "list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE}, stream_id=stream_id
+        )
+        return _with_ids(pages)
+
+    def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
+        """The id of the one ``campaign_type`` campaign named exactly ``name`` (else
+        :class:`KoreCampaignNotFoundError` or :class:`KoreCampaignAmbiguousError`)."""
+        if not isinstance(name, str) or not name.strip():
+            raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
+        kind = ids.validate_campaign_type(campaign_type)
+        found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
+        where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)[0]!r}"
+        if not found:
+            raise KoreCampaignNotFoundError(f"Kore.ai has no {where}", operation="list_campaigns")
+        if len(found) > 1:
+            raise KoreCampaignAmbiguousError(
+                f"Kore.ai has {len(found)} of {where} ({', '.join(found[:5])}): pass campaign_id instead"
+            )
+        return str(found[0])
+
+    def iter_campaign_contacts(self, campaign_id: str, stream_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every contact outcome of the campaign, read lazily one page (of 100) at a time."""
+        read = {"campaign_id": campaign_id, "stream_id": stream_id}
+        return self._pages("get_campaign_contacts", lambda page: {"limit": PAGE, "page": page}, **read)
+
+    def create_contact_list(
+        self, name: str, description: str, allow_duplicates: bool = False, stream_id: str | None = None
+    ) -> dict[str, Any]:
+        """Create a contact list filled through the API (``source: passiveApi``); returns its ``data``. A lost
+        answer raises :class:`KoreOutcomeUnknownError` (the list may exist)."""
+        body = {
+            "name": ids.validate_text("name", name, ids.MAX_LIST_NAME_LENGTH),
+            "description": ids.validate_text("description", description, ids.MAX_LIST_DESCRIPTION_LENGTH),
+            "source": "passiveApi",
+            "allowDuplicates": bool(allow_duplicates),
+        }
+        subject = f"contact list {name!r}"
+        return self._request("create_contact_list", stream_id=stream_id, body=body, subject=subject)["data"]
+
+    def add_contacts(
+        self,
+        contact_list_name: str,
+        contacts: Iterable[Mapping[str, Any]],
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        stream_id: str | None = None,
+    ) -> int:
+        """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
+
+        ``contacts`` is read lazily; each batch is checked (:func:`~airflow_provider_kore.api.contact_payload`)
+        before it is sent. Kore queues the add: it is not done on return. A lost answer raises
+        :class:`KoreOutcomeUnknownError`, never re-sent.
+        """
+        name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        self.config.resolve_stream_id(stream_id)
+        rows, sent = iter(contacts), 0
+        while True:
+            batch = []
+            for number, contact in enumerate(itertools.islice(rows, batch_size), start=sent + 1):
+                try:
+                    batch.append(api.contact_payload(contact))
+                except KoreConfigurationError as exc:
+                    raise KoreConfigurationError(f"contact {number}: {exc}") from None
+            if not batch:
+                return sent
+            body = {"contact_list_name": name, "data": batch}
+            try:
+                self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {name!r}")
+            except KoreOutcomeUnknownError as exc:
+                exc.args = (f"{exc.args[0]} ({sent} contacts were sent before this batch of {len(batch)})",)
+                raise
+            sent += len(batch)
+
+    def _pages(
+        self, operation: str, body_for: Callable[[int], dict[str, Any]], **params: Any
+    ) -> Iterator[dict[str, Any]]:
+        """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
+        api.prepare(self.config, operation, body=body_for(1), **params)
+
+        def read() -> Iterator[dict[str, Any]]:
+            for page in itertools.count(1):
+                data = self._request(operation, body=body_for(page), **params)["data"]
+                results = data.get("results")
+                if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
+                    what = f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list"
+                    raise KoreBadResponseError(what, operation=operation, campaign_id=params.get("campaign_id"))
+                yield from results
+                more, total = data.get("hasMore"), data.get("totalPages")
+                if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
+                    more = page < total if isinstance(total, int) else len(results) >= body_for(page)["limit"]
+                if not results or not more:
+                    return
+
+        return read()
 
     def test_connection(self) -> tuple[bool, str]:
-        """One cheap authenticated call (a status read of a campaign no one has), as the Test button runs it.
-
-        Kore checks the token before the campaign, so "campaign not found" proves the credentials
-        and the stream; any other 404 (an unknown stream, a wrong platform URL) does not.
-        """
+        """The Test button: one status read of a campaign no one has. Kore checks the token before the campaign,
+        so "campaign not found" proves the credentials and the stream; another 404 (an unknown stream, a wrong
+        platform URL) does not."""
+        config = None
         try:
             config = self.config
-            # The API server builds this hook under a throwaway connection id for every click: a
-            # pacer of its own, never registered, so the long-running server does not grow.
-            self.__dict__["pacer"] = pacing.SyncPacer(self.kore_conn_id)
-            self._request(
-                "get_campaign_status",
-                campaign_id=TEST_CONNECTION_CAMPAIGN_ID,
-                max_retries=1,
-                timeout=min(self.timeout, 15.0),
-                deadline=time.time() + TEST_CONNECTION_DEADLINE,
-            )
+            probe = copy.copy(self)  # this hook, bounded for the click: one retry, at most 15 s
+            probe._max_retries_override, probe._timeout_override = 1, min(self.timeout, TEST_CONNECTION_DEADLINE)
+            # The API server builds a hook per click under a throwaway connection id: a pacer of its own, never
+            # registered, so the long-running server does not grow.
+            probe.__dict__["pacer"] = pacing.SyncPacer(self.kore_conn_id)
+            probe.get_campaign_status(TEST_CONNECTION_CAMPAIGN_ID, deadline=time.time() + TEST_CONNECTION_DEADLINE)
         except KoreNotFoundError as err:
             text = (err.kore_message or "").lower()
             unknown_campaign = "campaign" in text and any(w in text for w in ("not found", "does not exist", "no such"))
@@ -255,111 +299,55 @@ class KoreHook(KorePipelineCalls, BaseHook):
         except KoreError as err:
             return False, str(err)
         except Exception as err:  # the Test button must answer, whatever went wrong
-            return False, redact(f"{type(err).__name__}: {err}", self._secret_or_none())
+            return False, redact(f"{type(err).__name__}: {err}", config.client_secret if config else None)
+        config = self.config
         return True, f"Connected to Kore.ai at {config.base_url}: credentials accepted for account {config.account_id}"
 
-    def _secret_or_none(self) -> str | None:
+    def _request(self, operation: str, *, deadline: float | None = None, priority: bool = False, **params: Any) -> Any:
+        """Prepare (``params`` go to :func:`api.prepare`), then send until the engine says done; raise what it says."""
+        deadline = self.deadline if deadline is None else deadline
+        until = pacing.clock() + (pacing.RATE_LIMIT_PATIENCE if deadline is None else deadline - time.time())
+        retries = self.config.max_retries if self._max_retries_override is None else self._max_retries_override
+        secrets = Secrets(self.config.client_secret)
+        call = api.prepare(self.config, operation, **params)
+        exchange = engine.Exchange(call, secrets=secrets, max_retries=retries, priority=priority, deadline=until)
+        # A priority stop may run in on_kill, a SIGTERM handler interrupting this thread mid-request: it takes no
+        # lock the interrupted call could hold (its own session, the pacer's lock-free path).
+        own_session, pacer = self._new_session() if priority else None, self.pacer
         try:
-            return self.config.client_secret
-        except KoreError:
-            return None
-
-    # -- sending --------------------------------------------------------------------------------
-
-    def _request(
-        self,
-        operation: str,
-        *,
-        stream_id: str | None = None,
-        body: Mapping[str, Any] | None = None,
-        subject: str = "",
-        deadline: float | None = None,
-        priority: bool = False,
-        max_retries: int | None = None,
-        timeout: float | None = None,
-        **params: object,
-    ) -> dict[str, Any]:
-        """Prepare, then send until the engine says done (or raise what it says)."""
-
-        def build() -> api.PreparedCall:  # again after a reload: the connection may have changed
-            return api.prepare(self.config, operation, stream_id=stream_id, body=body, subject=subject, **params)
-
-        call = build()
-        deadline = deadline if deadline is not None else self.deadline
-        now = pacing.clock()
-        until = now + (deadline - time.time() if deadline is not None else pacing.RATE_LIMIT_PATIENCE)
-        if max_retries is None:
-            max_retries = self.config.max_retries if self._max_retries_override is None else self._max_retries_override
-        exchange = engine.Exchange(
-            call,
-            secrets=Secrets(self.config.client_secret),
-            max_retries=max_retries,
-            priority=priority,
-            deadline=until,
-        )
-        # A priority stop may run in on_kill, i.e. a SIGTERM handler interrupting this thread mid-request:
-        # it takes no lock the interrupted call could hold (its own session, the pacer's lock-free path).
-        session = self._new_session() if priority else self.session
-        try:
-            return self._exchange(exchange, build, session, until, priority, timeout)
-        finally:
-            if priority:
-                session.close()
-
-    def _exchange(
-        self,
-        exchange: engine.Exchange,
-        build: Callable[[], api.PreparedCall],
-        session: requests.Session,
-        until: float,
-        priority: bool,
-        timeout: float | None,
-    ) -> dict[str, Any]:
-        """Send until the engine says done; raise what it says."""
-        call, pacer = exchange.call, self.pacer
-        while True:
-            token = self.signer.token()
-            try:
-                sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
-            except pacing.BudgetExhausted as exc:
-                raise exchange.out_of_time(exc.reason) from None
-            what: engine.Answer | engine.NetworkFailure
-            try:
-                response = session.request(
-                    call.method,
-                    call.url,
-                    headers={**call.headers, "auth": token},
-                    data=call.body,
-                    timeout=(limit := exchange.timeout(pacing.clock(), timeout or self.timeout), limit),
-                    allow_redirects=False,
-                )
-                what = engine.Answer(
-                    response.status_code,
-                    response.content,
-                    response.headers.get("Retry-After"),
-                    response.headers.get("Location"),
-                )
-            except requests.exceptions.RequestException as exc:
-                what = network_failure(exc)
-            decision = exchange.decide(what, pacing.clock())
-            pacer.record(decision.pacing, sent_at, decision.retry_after)
-            if (result := decision.final()) is not None:
-                return result
-            if decision.action == "resign":
-                self.signer.invalidate(token)
-            elif decision.action == "reload":
-                exchange.reloaded(changed := self._reload()).final()
-                if changed:  # the rotated connection may name another host, account or secret
-                    exchange.call = call = build()
+            while True:
+                token = self.signer.token()
+                try:
+                    sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
+                except pacing.BudgetExhausted as exc:
+                    raise exchange.out_of_time(exc.reason) from None
+                what = self._send(own_session or self.session, exchange, token)
+                decision = self._decided(exchange, what, sent_at, token, pacer)
+                if (result := decision.final()) is not None:
+                    return result
+                if decision.action == "reload":
+                    exchange.reloaded(self._reload()).final()  # the 401 stands unless the connection changed
+                    exchange.call = api.prepare(self.config, operation, **params)  # maybe another host or account
                     exchange.secrets = Secrets(self.config.client_secret)
-                    if not priority:
-                        session = self.session
-            elif decision.action == "retry":
-                self.log.warning("%s; retry %d in %.1fs", decision.error, exchange.retries, decision.delay)
-                self._sleep(decision.delay)
+                elif decision.action == "retry":
+                    self._sleep(decision.delay)
+        finally:
+            if own_session is not None:
+                own_session.close()
+
+    def _send(self, session: requests.Session, exchange: engine.Exchange, token: str) -> Outcome:
+        call, limit = exchange.call, exchange.timeout(pacing.clock(), self.timeout)
+        headers = {**call.headers, "auth": token}
+        try:
+            response = session.request(
+                call.method, call.url, headers=headers, data=call.body, timeout=(limit, limit), allow_redirects=False
+            )
+        except requests.exceptions.RequestException as exc:
+            return network_failure(exc)
+        return answer(response.status_code, response.content, response.headers)
 
     def _reload(self) -> bool:
-        """Re-read the connection after a fresh token was refused; True if the credentials changed."""
+        """Re-read the connection after a fresh token was refused; True if it changed."""
         try:
             config = KoreConnectionConfig.load(self.kore_conn_id)
         except KoreError as exc:
@@ -371,8 +359,16 @@ class KoreHook(KorePipelineCalls, BaseHook):
         self.close()
         self.__dict__["config"] = config
         self.__dict__.pop("signer", None)
-        self.__dict__.pop("session", None)
         return True
 
 
-__all__ = ["KoreHook", "network_failure"]
+def _with_ids(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Campaign rows with ``id`` set; a row a moved page boundary repeats is dropped."""
+    seen: set[str] = set()
+    for row in rows:
+        campaign_id = row.get("_id") or row.get("id")
+        if not isinstance(campaign_id, str) or not campaign_id:
+            raise KoreBadResponseError(f"Kore.ai list campaigns: a row without _id or id: {row.get('name')!r}")
+        if campaign_id not in seen:
+            seen.add(campaign_id)
+            yield {**row, "id": campaign_id}
