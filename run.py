@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         cmd = [str(py), str(ROOT / "benchmarks" / "run.py"), *rest]
     else:
-        # Four workers (pytest-xdist) overlap the suite's real-time waits; tests/conftest.py groups them.
-        cmd = [str(py), "-m", "pytest", *(rest or ["-q", "-n", "4", "--dist", "loadgroup"])]
+        # Four workers (pytest-xdist), a file to a worker, overlap the suite's real-time waits (tests/conftest.py).
+        cmd = [str(py), "-m", "pytest", *(rest or ["-q", "-n", "4", "--dist", "loadfile"])]
     return subprocess.run(cmd, cwd=ROOT, env=environ).returncode
 
 

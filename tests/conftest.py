@@ -143,11 +143,11 @@ def e2e_airflow(tmp_path_factory: pytest.TempPathFactory) -> E2EAirflow:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parallel runs (``python3 run.py test`` passes ``-n 4 --dist loadgroup`` to pytest-xdist). Most of
-# the suite's time is real time (Airflow processes starting, pacing scenarios), so workers overlap
-# it. A file's tests stay on one worker: they share module fixtures (a deployment, a scenario run),
-# and the real deployments of test_e2e_scheduler.py must not share the machine with each other
-# (run side by side, the fan-out's on_kill check timed out). The longest files are handed out first.
+# Parallel runs: ``python3 run.py test`` passes ``-n 4 --dist loadfile`` to pytest-xdist. Most of the
+# suite's time is real time (Airflow processes starting, pacing scenarios) that workers overlap. A
+# file's tests stay on one worker: they share module fixtures (a deployment, a scenario run), and
+# test_e2e_scheduler.py's real deployments must not run side by side. Longest files first, so they
+# start at once and the short ones fill in around them.
 LONGEST_FIRST = ("test_e2e_scheduler.py", "test_pacing.py", "test_e2e_dags.py", "test_run_dag.py", "test_ui.py")
 
 
@@ -157,5 +157,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: each file's tests stay together and in order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
