@@ -766,6 +766,31 @@ def test_unreadable_ca_bundle_is_a_configuration_error(sim, monkeypatch, tmp_pat
         asyncio.run(main())
 
 
+def test_the_triggerer_trusts_the_ca_bundle_of_requests_ca_bundle_as_workers_do(sim, monkeypatch, tmp_path):
+    """A corporate CA named by REQUESTS_CA_BUNDLE (or CURL_CA_BUNDLE): the hook's session uses it, so must the
+    async client, or a DAG that works in a worker fails its deferred wait in the triggerer."""
+    bundle = ssl.get_default_verify_paths().cafile or ""
+    if not bundle:
+        import certifi
+
+        bundle = certifi.where()
+    set_conn(monkeypatch, sim)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", bundle)
+    monkeypatch.setattr(aio, "_ssl_contexts", {})
+    call(lambda c: c.get_campaign_status(VOICE))
+    assert list(aio._ssl_contexts) == [bundle]
+
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.setenv("CURL_CA_BUNDLE", str(tmp_path / "missing.pem"))
+
+    async def main():
+        async with shared.shared_client(CONN_ID):
+            pass
+
+    with pytest.raises(KoreConfigurationError, match="CURL_CA_BUNDLE"):
+        asyncio.run(main())
+
+
 def test_importing_the_client_and_trigger_does_not_import_aiohttp():
     code = (
         "import sys, airflow_provider_kore.aio, airflow_provider_kore.triggers.campaign; "
