@@ -528,6 +528,16 @@ def test_a_redirect_is_an_error_never_followed(sim):
     assert len(sim.requests) == 1
 
 
+def _tls_error_mid_answer() -> BaseException:
+    try:
+        try:
+            raise ssl.SSLError(1, "[SSL: DECRYPTION_FAILED_OR_BAD_RECORD_MAC] decryption failed")
+        except ssl.SSLError as exc:
+            raise aiohttp.ClientOSError(5, "reading the answer from kore.test") from exc
+    except aiohttp.ClientOSError as wrapped:
+        return wrapped
+
+
 @pytest.mark.parametrize(
     ("make", "kind", "cause"),
     [
@@ -551,6 +561,9 @@ def test_a_redirect_is_an_error_never_followed(sim):
         (lambda: aiohttp.ServerDisconnectedError(), engine.DROPPED, "dropped"),
         (lambda: aiohttp.ClientPayloadError("truncated"), engine.DROPPED, "dropped"),
         (lambda: ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), engine.TLS, "TLS"),
+        # A TLS error in the middle of an answer (aiohttp wraps it): the request was sent, the connection
+        # dropped; a patient read rides it out as an outage, not as a final handshake failure.
+        (_tls_error_mid_answer, engine.DROPPED, "dropped"),
     ],
 )
 def test_network_failure_classifies_aiohttp_errors_without_their_text(make, kind, cause):
