@@ -353,7 +353,10 @@ def test_the_budget_spaces_requests_and_a_deadline_bounds_the_wait(sim, monkeypa
         return client.pacing.stats()
 
     stats, _ = call(reads)
-    assert pacing_waits == [pytest.approx(61 / 6, abs=0.05)]  # one turn waited for, evenly spaced
+    # One turn waited for: the second read is due 61/6 s after the first was sent (the wait is that, less the
+    # first read's own time, which a loaded machine stretches).
+    assert len(pacing_waits) == 1
+    assert 61 / 6 - 1 < pacing_waits[0] <= 61 / 6
     assert stats["requests"] == 2
     assert stats["current_rate_per_minute"] == pytest.approx(60 * 6 / 61, abs=0.1)
 
