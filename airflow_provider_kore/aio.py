@@ -272,14 +272,15 @@ def _environment_settings(config: KoreConnectionConfig) -> tuple[Any, dict[str, 
     from aiohttp.helpers import get_env_proxy_for_url
     from yarl import URL
 
-    verify: Any = config.verify  # True: aiohttp's default context, built once per process
+    verify: Any = config.tls_verify()  # True: aiohttp's default context, built once per process
     if isinstance(verify, str):
         if verify not in _ssl_contexts:
             try:
                 _ssl_contexts[verify] = ssl.create_default_context(cafile=verify)
             except (OSError, ssl.SSLError) as exc:
                 raise KoreConfigurationError(
-                    f"extra verify names a CA bundle that cannot be loaded: {verify!r} ({type(exc).__name__})"
+                    f"the CA bundle {verify!r} (extra verify, else REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE) "
+                    f"cannot be loaded ({type(exc).__name__})"
                 ) from None
         verify = _ssl_contexts[verify]
     # Proxies as requests finds them (HTTPS_PROXY, NO_PROXY, ...), so the triggerer and workers agree.

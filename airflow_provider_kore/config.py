@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,13 @@ class KoreConnectionConfig:
     max_requests_per_minute: int | None = None
     max_requests_per_hour: int | None = None
     conn_id: str = "kore_default"
+
+    def tls_verify(self) -> bool | str:
+        """``verify`` as both drivers apply it: ``True`` means the REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE file when one
+        is set (as requests reads it), so a worker and the triggerer trust the same CAs."""
+        if self.verify is not True:
+            return self.verify
+        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
 
     @classmethod
     def load(cls, conn_id: str) -> KoreConnectionConfig:

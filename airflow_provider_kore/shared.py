@@ -22,7 +22,8 @@ TOKEN_LIFETIME = 300  # Kore asks for a short one; five minutes covers a slow re
 REFRESH_MARGIN = 60.0  # a token is signed anew this long before it expires, so it never expires in flight
 
 #: A network failure by the class names in its exception or in those it wraps (requests, urllib3, aiohttp, ssl,
-#: asyncio), first match wins. Only the class name is kept: the exception's text names the URL.
+#: asyncio), first match wins; TLS only by the exception itself (a TLS error aiohttp wraps came mid-answer: the
+#: connection dropped). Only the class name is kept: the exception's text names the URL.
 _FAILURES = (
     (engine.TLS, {"SSLError", "ClientSSLError"}, "the TLS handshake failed"),
     (engine.CONNECT, {"ConnectTimeout", "ConnectionTimeoutError"}, "timed out connecting"),
@@ -42,7 +43,8 @@ def network_failure(exc: BaseException) -> engine.NetworkFailure:
         if len(chain) < 20:
             wrapped = (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args)
             chain += [x for x in wrapped if isinstance(x, BaseException)]
-    kind, detail = next((kind, detail) for kind, found, detail in _FAILURES if found & names)
+    outer = {cls.__name__ for cls in type(exc).__mro__}
+    kind, detail = next((k, d) for k, found, d in _FAILURES if found & (outer if k == engine.TLS else names))
     return engine.NetworkFailure(kind, f"{type(exc).__name__}: {detail}")
 
 

@@ -123,6 +123,17 @@ def test_find_campaign_returns_the_one_exact_match(hook, requests_mock):
     assert hook.find_campaign("Renewal", "voice") == "cd-1"
 
 
+def test_a_task_stream_id_is_where_campaigns_are_listed_and_found(hook, requests_mock):
+    """``campaign_name=`` with a task's ``stream_id`` looks the name up in that bot, not the connection's."""
+    other = requests_mock.post(
+        LIST_URL.replace("/st-1/", "/st-other/"),
+        json=page_of_campaigns([{"_id": "cd-9", "name": "Renewal"}], more=False),
+    )
+    assert hook.find_campaign("Renewal", "voice", stream_id="st-other") == "cd-9"
+    assert [row["id"] for row in hook.list_campaigns("voice", stream_id="st-other")] == ["cd-9"]
+    assert other.call_count == 2
+
+
 def test_find_campaign_none_is_a_not_found_naming_the_name(hook, requests_mock):
     requests_mock.post(LIST_URL, json=page_of_campaigns([{"_id": "cd-1", "name": "Other"}], more=False))
     with pytest.raises(KoreCampaignNotFoundError, match="no voice campaign named 'Renewal'") as err:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import cached_property
@@ -98,9 +97,7 @@ class KoreHook(Driver, BaseHook):
         session = requests.Session()
         session.headers["User-Agent"] = "airflow-provider-kore"
         session.proxies.update(requests.utils.get_environ_proxies(self.config.base_url))
-        session.verify = self.config.verify
-        if session.verify is True:
-            session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        session.verify = self.config.tls_verify()
         session.trust_env = False
         return session
 
