@@ -461,7 +461,10 @@ def test_triggerer_polls_over_few_connections(deployment: Deployment) -> None:
     later_requests = len(sim.requests) - deployment.requests_before_release
     later_connections = sim.connections_opened - deployment.connections_before_release
     assert later_requests >= WAITS, later_requests
-    assert later_connections <= 8, f"{later_connections} connections for {later_requests} triggerer requests"
+    # A session per trigger would open at least one connection per wait, a connection per request one per
+    # read. A shared pool opens as many as reads overlap: a few, more on a loaded machine (seen: 1 to 27, the
+    # same before and after the request engine), never one per wait.
+    assert later_connections < WAITS, f"{later_connections} connections for {later_requests} triggerer requests"
     print(f"\ntriggerer: {later_requests} requests over {later_connections} new connection(s)")
 
 
