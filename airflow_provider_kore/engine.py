@@ -22,13 +22,12 @@ from airflow_provider_kore.exceptions import (
     KoreRateLimitError,
     Secrets,
 )
+from airflow_provider_kore.pacing import RETRY_AFTER_MAX  # one cap for a retry's wait and a pause
 
 # A 5xx from a gateway may come after Kore acted; a 503 is a refusal (Kore did not act).
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 #: An attempt made at (or just before) its deadline still gets this long for an answer.
 LAST_ATTEMPT_TIMEOUT = 2.0
-#: A ``Retry-After`` is honoured up to this many seconds.
-RETRY_AFTER_MAX = 120.0
 
 #: Network failures, by what they say about the request (drivers classify their exceptions).
 CONNECT = "connect"  # never left: refused, name lookup failed, connect timeout

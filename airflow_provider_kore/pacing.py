@@ -25,7 +25,7 @@ SAFETY_MARGIN = 1.0  # added to each window
 PAUSE_BASE = 2.0  # doubling per 429 without a clean minute between,
 PAUSE_MAX = 60.0  # up to this,
 PAUSE_JITTER = 0.5  # plus up to this much of itself (processes desynchronise);
-RETRY_AFTER_MAX = 120.0  # a Retry-After sets it, capped at this.
+RETRY_AFTER_MAX = 120.0  # a Retry-After sets it, capped at this (the engine's retries too).
 # Then a learned rate (requests/min), dropped when raised to RATE_CEILING (Kore's runtime limit) or the budget:
 MIN_RATE_PER_MINUTE = 10.0  # at least
 RATE_CEILING = 600.0
