@@ -338,3 +338,29 @@ def test_cli_providers_hooks_shows_the_kore_hook(cli_json: dict[str, Any]) -> No
     assert row["conn_id_attribute_name"] == "kore_conn_id"
     assert row["package_name"] == "airflow-provider-kore"
     assert row["hook_name"] == "Kore.ai"
+
+
+@pytest.mark.parametrize(
+    ("module", "names"),
+    [
+        ("airflow_provider_kore.hooks.kore", {"KoreHook"}),
+        (
+            "airflow_provider_kore.operators.campaign",
+            {
+                "KoreStartCampaignOperator",
+                "KoreStartSmsCampaignOperator",
+                "KoreStopCampaignOperator",
+                "KoreStopVoiceCampaignOperator",
+            },
+        ),
+        ("airflow_provider_kore.operators.contacts", {"KoreLoadContactsOperator"}),
+        ("airflow_provider_kore.operators.results", {"KoreExportCampaignResultsOperator"}),
+        ("airflow_provider_kore.sensors.campaign", {"KoreCampaignStatusSensor"}),
+        ("airflow_provider_kore.triggers.campaign", {"KoreCampaignStatusTrigger"}),
+    ],
+)
+def test_a_star_import_brings_only_the_public_classes(module, names):
+    """``from ... import *`` in a DAG file must not shadow the DAG's own names (``datetime``, ``time``, ...)."""
+    namespace: dict[str, object] = {}
+    exec(f"from {module} import *", namespace)
+    assert {name for name in namespace if not name.startswith("__")} == names

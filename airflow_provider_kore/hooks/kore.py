@@ -369,3 +369,7 @@ def _with_ids(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if campaign_id not in seen:
             seen.add(campaign_id)
             yield {**row, "id": campaign_id}
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = ["KoreHook"]

@@ -289,3 +289,12 @@ class KoreStopVoiceCampaignOperator(KoreStopCampaignOperator):
         if "campaign_type" in kwargs:
             raise TypeError("KoreStopVoiceCampaignOperator always stops a voice campaign; do not pass campaign_type")
         super().__init__(campaign_type="voice", **kwargs)
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = [
+    "KoreStartCampaignOperator",
+    "KoreStartSmsCampaignOperator",
+    "KoreStopCampaignOperator",
+    "KoreStopVoiceCampaignOperator",
+]

@@ -197,3 +197,7 @@ def _read(path: Any, fmt: str) -> Iterator[tuple[str, object]]:
                 yield f"line {line}", row
         except (UnicodeDecodeError, csv.Error) as exc:
             raise KoreConfigurationError(f"{path}: cannot read the file after line {line}: {exc}") from None
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = ["KoreLoadContactsOperator"]

@@ -108,3 +108,7 @@ class KoreExportCampaignResultsOperator(KoreCampaignOperatorBase):
             "by_dialer_outcome": dict(outcomes),
             "by_outbound_status": dict(statuses),
         }
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = ["KoreExportCampaignResultsOperator"]

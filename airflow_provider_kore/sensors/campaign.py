@@ -144,3 +144,7 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         )
         data = payload.get("data")
         return dict(data) if isinstance(data, Mapping) else {"id": campaign_id, "status": status}
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = ["KoreCampaignStatusSensor"]

@@ -284,3 +284,7 @@ class _Progress:
                 "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
             },
         }
+
+
+# What a DAG file gets from `import *`: the classes, not this module's own imports.
+__all__ = ["KoreCampaignStatusTrigger"]
