@@ -41,6 +41,13 @@ def validate_campaign_type(value: object) -> str:
     raise KoreConfigurationError(f"campaign_type must be one of {', '.join(CAMPAIGN_TYPES)}; got {value!r}")
 
 
+def validate_campaign_name(value: object) -> str:
+    """A campaign's exact name, as a task looks it up: any non-blank string."""
+    if not isinstance(value, str) or not value.strip():
+        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {value!r}")
+    return value
+
+
 def validate_text(name: str, value: object, limit: int) -> str:
     """A non-blank string of at most ``limit`` characters (a contact list's name or description)."""
     if not isinstance(value, str) or not value.strip():

@@ -87,12 +87,6 @@ def max_errors(value: object) -> int | None:
     return value
 
 
-def _campaign_name(value: object) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {value!r}")
-    return value
-
-
 def check_campaign_choice(campaign_id: object, campaign_name: object, campaign_type: object) -> None:
     """Exactly one of ``campaign_id`` / ``campaign_name`` (with a ``campaign_type``); each checked unless templated."""
     if (campaign_id is None) == (campaign_name is None):
@@ -104,7 +98,7 @@ def check_campaign_choice(campaign_id: object, campaign_name: object, campaign_t
         raise KoreConfigurationError("campaign_name= needs campaign_type= ('sms' or 'voice')")
     ids.validate_campaign_type(campaign_type)
     if not is_template(campaign_name):
-        _campaign_name(campaign_name)
+        ids.validate_campaign_name(campaign_name)
 
 
 def campaign_id_for(
@@ -119,7 +113,7 @@ def campaign_id_for(
     if campaign_id is not None:
         return ids.validate_id("campaign_id", campaign_id)
     kind = ids.validate_campaign_type(campaign_type)
-    found = hook.find_campaign(_campaign_name(campaign_name), kind, stream_id=stream_id)
+    found = hook.find_campaign(ids.validate_campaign_name(campaign_name), kind, stream_id=stream_id)
     log.info("Kore.ai %s campaign %r is %s", campaign_type, campaign_name, found)
     return found
 

@@ -186,8 +186,7 @@ class KoreHook(Driver, BaseHook):
     def find_campaign(self, name: str, campaign_type: str, stream_id: str | None = None) -> str:
         """The id of the one ``campaign_type`` campaign named exactly ``name`` (else
         :class:`KoreCampaignNotFoundError` or :class:`KoreCampaignAmbiguousError`)."""
-        if not isinstance(name, str) or not name.strip():
-            raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {name!r}")
+        ids.validate_campaign_name(name)
         kind = ids.validate_campaign_type(campaign_type)
         found = [row["id"] for row in self.list_campaigns(kind, stream_id=stream_id) if row.get("name") == name]
         where = f"{kind} campaign named {name!r} in stream {self.config.resolve_stream_id(stream_id)[0]!r}"

@@ -120,7 +120,7 @@ class KoreStartCampaignOperator(_CampaignCall):
         stop_on_kill: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(campaign_type=ids.validate_campaign_type(campaign_type), **kwargs)
+        super().__init__(campaign_type=campaign_type, **kwargs)
         self.wait_for_completion = bool(wait_for_completion)
         self.target_statuses = target_statuses
         self.failure_statuses = failure_statuses
@@ -271,7 +271,7 @@ class KoreStopCampaignOperator(_CampaignCall):
     """
 
     def __init__(self, *, campaign_type: str = "voice", **kwargs: Any) -> None:
-        super().__init__(campaign_type=ids.validate_campaign_type(campaign_type), **kwargs)
+        super().__init__(campaign_type=campaign_type, **kwargs)
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Stop the campaign; an already-ended campaign is not an error."""
