@@ -341,9 +341,9 @@ class SyncPacer(_Pacer):
         while True:
             with self._lock:
                 now, wait = self._turn(deadline)
+                if not wait:
+                    return now
                 why = self.budget.blocked_by(now)  # "rate limit" or "unavailable": a worker keeps no budget
-            if not wait:
-                return now
             log.info("Kore connection %s: waiting %.1f s for Kore.ai (%s)", self.budget.conn_id, wait, why)
             sleep(wait)
 
