@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,8 +38,10 @@ def _as_number(key: str, value: Any) -> Any:
         return default
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise KoreConfigurationError(f"connection extra {key} must be a number; got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # int() of an infinite float overflows
+        number = None
+    if number is None or not math.isfinite(number):
+        raise KoreConfigurationError(f"connection extra {key} must be a finite number; got {value!r}")
     if isinstance(value, bool) or number < minimum:
         raise KoreConfigurationError(f"connection extra {key} must be at least {minimum}; got {value!r}")
     return number

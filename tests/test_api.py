@@ -236,6 +236,25 @@ def test_incomplete_connections_are_refused_naming_the_field_and_the_connection(
     assert SECRET not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("timeout", "nan"),
+        ("timeout", "inf"),
+        ("timeout", float("nan")),
+        ("timeout", float("inf")),
+        ("max_retries", float("inf")),
+        ("max_requests_per_minute", "Infinity"),
+        ("max_requests_per_hour", float("nan")),
+    ],
+)
+def test_numeric_extras_must_be_finite(key, value):
+    with pytest.raises(KoreConfigurationError, match=rf"^kore connection 'kore_prod': connection extra {key} "):
+        KoreConnectionConfig.from_connection(
+            make_conn(extra_dejson={"account_id": "a", key: value}), conn_id="kore_prod"
+        )
+
+
 def test_configuration_errors_name_the_connections_own_id_when_none_is_given():
     with pytest.raises(KoreConfigurationError, match=r"^kore connection 'kore_eu': .*account_id"):
         KoreConnectionConfig.from_connection(make_conn(extra_dejson={}, conn_id="kore_eu"))
