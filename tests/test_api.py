@@ -466,17 +466,16 @@ def test_parse_retry_after_http_date():
 
 
 def test_backoff_grows_is_jittered_and_capped():
-    policy = engine.RetryPolicy(max_retries=10, backoff_base=1.0, backoff_max=8.0)
-    delays = [policy.delay(n) for n in range(1, 8)]
-    assert all(0.5 <= d <= 8.0 for d in delays)
-    assert policy.delay(1) <= 1.0
-    assert 4.0 <= policy.delay(7) <= 8.0
+    delays = [engine.backoff(n) for n in range(1, 9)]
+    assert all(0.5 <= d <= 30.0 for d in delays)
+    assert engine.backoff(1) <= 1.0
+    assert 4.0 <= engine.backoff(4) <= 8.0
+    assert 15.0 <= engine.backoff(8) <= 30.0
 
 
 def test_retry_after_is_a_floor_and_capped():
-    policy = engine.RetryPolicy()
-    assert policy.delay(1, retry_after=20.0) >= 20.0
-    assert policy.delay(1, retry_after=3600.0) == 120.0
+    assert engine.backoff(1, retry_after=20.0) >= 20.0
+    assert engine.backoff(1, retry_after=3600.0) == 120.0
 
 
 @pytest.mark.parametrize(
