@@ -107,45 +107,41 @@ class KoreConnectionConfig:
         """Build from an Airflow ``Connection`` (or anything with the same attributes)."""
         conn_id = conn_id or getattr(conn, "conn_id", None) or "kore_default"
         try:
-            return cls._from_connection(conn, conn_id)
+            raw = getattr(conn, "extra_dejson", {})
+            if not isinstance(raw, Mapping):
+                raise KoreConfigurationError("the extra must be a JSON object")
+            stripped = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
+            extra = {k: v for k, v in stripped.items() if v not in (None, "")}  # a blank extra is unset
+            client_id, secret = str(getattr(conn, "login", None) or "").strip(), getattr(conn, "password", None)
+            if not client_id:
+                raise KoreConfigurationError("no Client ID (the login field)")
+            if not secret:
+                raise KoreConfigurationError("no Client Secret (the password field)")
+            if "account_id" not in extra:
+                raise KoreConfigurationError("no account_id extra (the Kore.ai account id)")
+            algorithm = str(extra.get("jwt_algorithm") or "HS256").upper()
+            if algorithm not in ("HS256", "HS512"):
+                raise KoreConfigurationError(f"extra jwt_algorithm must be HS256 or HS512; got {algorithm!r}")
+            verify = extra.get("verify", True)
+            if not isinstance(verify, str) or verify.lower() in _BOOLS:  # else a CA bundle path
+                verify = _as_bool("verify", verify)
+            return cls(
+                base_url=normalise_base_url(
+                    getattr(conn, "host", None), port=getattr(conn, "port", None), schema=getattr(conn, "schema", None)
+                ),
+                client_id=validate_id("client_id", client_id),
+                client_secret=str(secret),
+                account_id=validate_id("account_id", str(extra["account_id"])),
+                jwt_algorithm=algorithm,
+                verify=verify,
+                jwt_per_request=_as_bool("jwt_per_request", extra.get("jwt_per_request", False)),
+                stream_id=validate_id("stream_id", str(extra["stream_id"])) if "stream_id" in extra else None,
+                iid=validate_id("iid", str(extra["iid"])) if "iid" in extra else None,
+                conn_id=conn_id,
+                **{key: _as_number(key, extra.get(key)) for key in _NUMBERS},
+            )
         except KoreConfigurationError as exc:
             raise KoreConfigurationError(f"kore connection {conn_id!r}: {exc}") from None
-
-    @classmethod
-    def _from_connection(cls, conn: Any, conn_id: str) -> KoreConnectionConfig:
-        raw = getattr(conn, "extra_dejson", {})
-        if not isinstance(raw, Mapping):
-            raise KoreConfigurationError("the extra must be a JSON object")
-        # A blank extra is unset.
-        extra = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items() if v is not None and str(v).strip()}
-        client_id, secret = str(getattr(conn, "login", None) or "").strip(), getattr(conn, "password", None)
-        if not client_id:
-            raise KoreConfigurationError("no Client ID (the login field)")
-        if not secret:
-            raise KoreConfigurationError("no Client Secret (the password field)")
-        if "account_id" not in extra:
-            raise KoreConfigurationError("no account_id extra (the Kore.ai account id)")
-        algorithm = str(extra.get("jwt_algorithm") or "HS256").upper()
-        if algorithm not in ("HS256", "HS512"):
-            raise KoreConfigurationError(f"extra jwt_algorithm must be HS256 or HS512; got {algorithm!r}")
-        verify = extra.get("verify", True)
-        if not isinstance(verify, str) or verify.lower() in _BOOLS:  # else a CA bundle path
-            verify = _as_bool("verify", verify)
-        return cls(
-            base_url=normalise_base_url(
-                getattr(conn, "host", None), port=getattr(conn, "port", None), schema=getattr(conn, "schema", None)
-            ),
-            client_id=validate_id("client_id", client_id),
-            client_secret=str(secret),
-            account_id=validate_id("account_id", str(extra["account_id"])),
-            jwt_algorithm=algorithm,
-            verify=verify,
-            jwt_per_request=_as_bool("jwt_per_request", extra.get("jwt_per_request", False)),
-            stream_id=validate_id("stream_id", str(extra["stream_id"])) if "stream_id" in extra else None,
-            iid=validate_id("iid", str(extra["iid"])) if "iid" in extra else None,
-            conn_id=conn_id,
-            **{key: _as_number(key, extra.get(key)) for key in _NUMBERS},
-        )
 
     def resolve_stream_id(self, stream_id: str | None) -> tuple[str, str]:
         """The operation's stream id, else the connection's, and where it came from."""
