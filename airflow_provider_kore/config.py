@@ -13,12 +13,12 @@ from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.ids import validate_id
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-#: Numeric extras: default, minimum, type.
-_NUMBERS: dict[str, tuple[Any, Any, Any]] = {
-    "timeout": (30.0, 0.001, float),
-    "max_retries": (5, 0, int),
-    "max_requests_per_minute": (None, 1, int),
-    "max_requests_per_hour": (None, 1, int),
+#: Numeric extras: minimum, type (an unset one takes KoreConnectionConfig's default).
+_NUMBERS: dict[str, tuple[float, type[float] | type[int]]] = {
+    "timeout": (0.001, float),
+    "max_retries": (0, int),
+    "max_requests_per_minute": (1, int),
+    "max_requests_per_hour": (1, int),
 }
 # Hashes of the client secrets this process handed to Airflow's masker: it rebuilds one regex over every
 # secret at each new one, so each distinct secret is registered once (and a JWT never).
@@ -33,9 +33,7 @@ def _as_bool(key: str, value: Any) -> bool:
 
 
 def _as_number(key: str, value: Any) -> Any:
-    default, minimum, kind = _NUMBERS[key]
-    if value is None:
-        return default
+    minimum, kind = _NUMBERS[key]
     try:
         number = kind(value)
     except (TypeError, ValueError, OverflowError):  # int() of an infinite float overflows
@@ -138,7 +136,7 @@ class KoreConnectionConfig:
                 stream_id=validate_id("stream_id", str(extra["stream_id"])) if "stream_id" in extra else None,
                 iid=validate_id("iid", str(extra["iid"])) if "iid" in extra else None,
                 conn_id=conn_id,
-                **{key: _as_number(key, extra.get(key)) for key in _NUMBERS},
+                **{key: _as_number(key, extra[key]) for key in _NUMBERS if key in extra},
             )
         except KoreConfigurationError as exc:
             raise KoreConfigurationError(f"kore connection {conn_id!r}: {exc}") from None
