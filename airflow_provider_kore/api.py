@@ -21,7 +21,7 @@ from airflow_provider_kore.exceptions import (
     KoreServerError,
     Secrets,
 )
-from airflow_provider_kore.ids import CAMPAIGN_TYPES, validate_campaign_type, validate_id
+from airflow_provider_kore.ids import validate_campaign_type, validate_id
 
 
 @dataclass(frozen=True)
@@ -109,9 +109,7 @@ def prepare(
         campaign = values["campaign_id"] = validate_id("campaign_id", params.get("campaign_id"))
         subject = subject or f"campaign {campaign!r}"
     if "{campaign_type}" in endpoint.path:
-        if params.get("campaign_type") is None:
-            raise KoreConfigurationError(f"{endpoint.label} needs a campaign_type ({', '.join(CAMPAIGN_TYPES)})")
-        values["campaign_type"] = validate_campaign_type(params["campaign_type"])
+        values["campaign_type"] = validate_campaign_type(params.get("campaign_type"))
     headers = {"iid": iid, "accountId": config.account_id, "Accept": "application/json"}
     data = None
     if endpoint.method == "POST":
@@ -168,7 +166,7 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
     scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
-    shape = ""  # what is wrong with a 2xx answer
+    shape = "" if text.strip() else "an empty body; expected a JSON object"  # what is wrong with a 2xx answer
     try:
         payload: Any = json.loads(text) if text.strip() else None
     except ValueError:
@@ -180,18 +178,15 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
         message = f"{call.where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}"
         raise cls(message, kore_message=scrub(kore_msg) if kore_msg else None, **about)
     if not isinstance(payload, dict):
-        empty = "an empty body; expected a JSON object"
-        shape = shape or (f"JSON that is not an object ({type(payload).__name__})" if text.strip() else empty)
+        shape = shape or f"JSON that is not an object ({type(payload).__name__})"
     elif str(payload.get("status", "")).lower() == "failure":
         kore_msg = scrub(kore_msg or "no error text")
         message = f"{call.where} failed: Kore answered status 'failure': {kore_msg}"
         raise KoreApiError(message, kore_message=kore_msg, **about)
-    elif call.endpoint.returns_data:
-        data = payload.get("data")
-        if not isinstance(data, dict):
-            shape = "no 'data' object"
-        elif call.operation == "get_campaign_status" and not isinstance(data.get("status"), str):
-            shape = "no data.status"
+    elif call.endpoint.returns_data and not isinstance(payload.get("data"), dict):
+        shape = "no 'data' object"
+    elif call.operation == "get_campaign_status" and not isinstance(payload["data"].get("status"), str):
+        shape = "no data.status"
     if shape:
         raise KoreBadResponseError(scrub(f"{call.where}: HTTP {status_code} with {shape}"), **about)
     return payload

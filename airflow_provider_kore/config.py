@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,12 +13,12 @@ from airflow_provider_kore.exceptions import KoreConfigurationError
 from airflow_provider_kore.ids import validate_id
 
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-#: Numeric extras: default, minimum, type.
-_NUMBERS: dict[str, tuple[Any, Any, Any]] = {
-    "timeout": (30.0, 0.001, float),
-    "max_retries": (5, 0, int),
-    "max_requests_per_minute": (None, 1, int),
-    "max_requests_per_hour": (None, 1, int),
+#: Numeric extras: minimum, type (an unset one takes KoreConnectionConfig's default).
+_NUMBERS: dict[str, tuple[float, type[float] | type[int]]] = {
+    "timeout": (0.001, float),
+    "max_retries": (0, int),
+    "max_requests_per_minute": (1, int),
+    "max_requests_per_hour": (1, int),
 }
 # Hashes of the client secrets this process handed to Airflow's masker: it rebuilds one regex over every
 # secret at each new one, so each distinct secret is registered once (and a JWT never).
@@ -32,13 +33,13 @@ def _as_bool(key: str, value: Any) -> bool:
 
 
 def _as_number(key: str, value: Any) -> Any:
-    default, minimum, kind = _NUMBERS[key]
-    if value is None:
-        return default
+    minimum, kind = _NUMBERS[key]
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise KoreConfigurationError(f"connection extra {key} must be a number; got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):  # int() of an infinite float overflows
+        number = None
+    if number is None or not math.isfinite(number):
+        raise KoreConfigurationError(f"connection extra {key} must be a finite number; got {value!r}")
     if isinstance(value, bool) or number < minimum:
         raise KoreConfigurationError(f"connection extra {key} must be at least {minimum}; got {value!r}")
     return number
@@ -104,45 +105,41 @@ class KoreConnectionConfig:
         """Build from an Airflow ``Connection`` (or anything with the same attributes)."""
         conn_id = conn_id or getattr(conn, "conn_id", None) or "kore_default"
         try:
-            return cls._from_connection(conn, conn_id)
+            raw = getattr(conn, "extra_dejson", {})
+            if not isinstance(raw, Mapping):
+                raise KoreConfigurationError("the extra must be a JSON object")
+            stripped = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items()}
+            extra = {k: v for k, v in stripped.items() if v not in (None, "")}  # a blank extra is unset
+            client_id, secret = str(getattr(conn, "login", None) or "").strip(), getattr(conn, "password", None)
+            if not client_id:
+                raise KoreConfigurationError("no Client ID (the login field)")
+            if not secret:
+                raise KoreConfigurationError("no Client Secret (the password field)")
+            if "account_id" not in extra:
+                raise KoreConfigurationError("no account_id extra (the Kore.ai account id)")
+            algorithm = str(extra.get("jwt_algorithm") or "HS256").upper()
+            if algorithm not in ("HS256", "HS512"):
+                raise KoreConfigurationError(f"extra jwt_algorithm must be HS256 or HS512; got {algorithm!r}")
+            verify = extra.get("verify", True)
+            if not isinstance(verify, str) or verify.lower() in _BOOLS:  # else a CA bundle path
+                verify = _as_bool("verify", verify)
+            return cls(
+                base_url=normalise_base_url(
+                    getattr(conn, "host", None), port=getattr(conn, "port", None), schema=getattr(conn, "schema", None)
+                ),
+                client_id=validate_id("client_id", client_id),
+                client_secret=str(secret),
+                account_id=validate_id("account_id", str(extra["account_id"])),
+                jwt_algorithm=algorithm,
+                verify=verify,
+                jwt_per_request=_as_bool("jwt_per_request", extra.get("jwt_per_request", False)),
+                stream_id=validate_id("stream_id", str(extra["stream_id"])) if "stream_id" in extra else None,
+                iid=validate_id("iid", str(extra["iid"])) if "iid" in extra else None,
+                conn_id=conn_id,
+                **{key: _as_number(key, extra[key]) for key in _NUMBERS if key in extra},
+            )
         except KoreConfigurationError as exc:
             raise KoreConfigurationError(f"kore connection {conn_id!r}: {exc}") from None
-
-    @classmethod
-    def _from_connection(cls, conn: Any, conn_id: str) -> KoreConnectionConfig:
-        raw = getattr(conn, "extra_dejson", {})
-        if not isinstance(raw, Mapping):
-            raise KoreConfigurationError("the extra must be a JSON object")
-        # A blank extra is unset.
-        extra = {k: v.strip() if isinstance(v, str) else v for k, v in raw.items() if v is not None and str(v).strip()}
-        client_id, secret = str(getattr(conn, "login", None) or "").strip(), getattr(conn, "password", None)
-        if not client_id:
-            raise KoreConfigurationError("no Client ID (the login field)")
-        if not secret:
-            raise KoreConfigurationError("no Client Secret (the password field)")
-        if "account_id" not in extra:
-            raise KoreConfigurationError("no account_id extra (the Kore.ai account id)")
-        algorithm = str(extra.get("jwt_algorithm") or "HS256").upper()
-        if algorithm not in ("HS256", "HS512"):
-            raise KoreConfigurationError(f"extra jwt_algorithm must be HS256 or HS512; got {algorithm!r}")
-        verify = extra.get("verify", True)
-        if not isinstance(verify, str) or verify.lower() in _BOOLS:  # else a CA bundle path
-            verify = _as_bool("verify", verify)
-        return cls(
-            base_url=normalise_base_url(
-                getattr(conn, "host", None), port=getattr(conn, "port", None), schema=getattr(conn, "schema", None)
-            ),
-            client_id=validate_id("client_id", client_id),
-            client_secret=str(secret),
-            account_id=validate_id("account_id", str(extra["account_id"])),
-            jwt_algorithm=algorithm,
-            verify=verify,
-            jwt_per_request=_as_bool("jwt_per_request", extra.get("jwt_per_request", False)),
-            stream_id=validate_id("stream_id", str(extra["stream_id"])) if "stream_id" in extra else None,
-            iid=validate_id("iid", str(extra["iid"])) if "iid" in extra else None,
-            conn_id=conn_id,
-            **{key: _as_number(key, extra.get(key)) for key in _NUMBERS},
-        )
 
     def resolve_stream_id(self, stream_id: str | None) -> tuple[str, str]:
         """The operation's stream id, else the connection's, and where it came from."""

@@ -1,7 +1,6 @@
 """The one request engine, sans I/O (as h11 is for HTTP/1.1): the sync hook and the async client
 only sign, take their pacing turn, send, hand what happened to :meth:`Exchange.decide` and act on
-the :class:`Decision`.
-"""
+the :class:`Decision`."""
 
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from airflow_provider_kore.pacing import RETRY_AFTER_MAX  # one cap for a retry'
 TRANSIENT_STATUS = frozenset({500, 502, 503, 504})
 #: An attempt made at (or just before) its deadline still gets this long for an answer.
 LAST_ATTEMPT_TIMEOUT = 2.0
+BACKOFF_BASE, BACKOFF_MAX = 1.0, 30.0  # seconds: the first retry's step, the longest
 
 #: Network failures, by what they say about the request (drivers classify their exceptions).
 CONNECT = "connect"  # never left: refused, name lookup failed, connect timeout
@@ -42,9 +42,7 @@ _TLS_HINT = (
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); None if absent or bad."""
-    text = "" if value is None else str(value).strip()
-    if not text:
-        return None
+    text = str(value or "").strip()
     try:
         seconds = float(text)
     except ValueError:
@@ -55,19 +53,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     return None if math.isnan(seconds) else max(0.0, seconds)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff, each wait half to all of its step, never shorter than a (capped) ``Retry-After``."""
-
-    max_retries: int = 5
-    backoff_base: float = 1.0
-    backoff_max: float = 30.0
-
-    def delay(self, retry_number: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** max(0, retry_number - 1)))
-        wait = random.uniform(ceiling / 2, ceiling)
-        return wait if retry_after is None else max(wait, min(retry_after, RETRY_AFTER_MAX))
+def backoff(retry_number: int, retry_after: float | None = None) -> float:
+    """Seconds before retry ``retry_number`` (1 for the first): exponential, each wait half to all of its step,
+    never shorter than a (capped) ``Retry-After``."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (retry_number - 1))
+    wait = random.uniform(ceiling / 2, ceiling)
+    return wait if retry_after is None else max(wait, min(retry_after, RETRY_AFTER_MAX))
 
 
 @dataclass(frozen=True)
@@ -134,11 +125,11 @@ class Exchange:
         deadline: float | None = None,
     ) -> None:
         self.call, self.secrets, self.priority, self.deadline = call, secrets, priority, deadline
-        self.policy = RetryPolicy(max_retries=max_retries)
+        self.max_retries = max_retries
         self.patient = patient and call.endpoint.idempotent
         self.attempts = self.retries = 0
-        self._resigned = self._reloaded = False
-        self._refused: Decision | None = None  # the failure a second 401 becomes if the connection is unchanged
+        self._resigned = False
+        self._refused: Decision | None = None  # after a second 401: its failure, if the connection is unchanged
         #: The last transient failure, raised when time runs out.
         self.last_error: KoreError | None = None
 
@@ -170,8 +161,8 @@ class Exchange:
         if what.status == 401 and not self._resigned:
             self._resigned = True
             return Decision("resign", pacing="answer")
-        if what.status == 401 and not self._reloaded:
-            self._reloaded, self._refused = True, self._parse(what, now)
+        if what.status == 401 and self._refused is None:
+            self._refused = self._parse(what, now)
             return Decision("reload", pacing="answer")
         return self._parse(what, now)
 
@@ -193,11 +184,8 @@ class Exchange:
             "rate limit": "Kore.ai's rate limit (429) leaves no room for a request",
             "unavailable": "Kore.ai is unavailable",
         }.get(reason, reason)
-        error = KoreRateLimitError(
-            f"{self.call.where}: {what} before the deadline; waited on Kore's rate limit", operation=self.call.operation
-        )
-        error.deadline_reached = True
-        return error
+        message = f"{self.call.where}: {what} before the deadline; waited on Kore's rate limit"
+        return KoreRateLimitError(message, operation=self.call.operation, deadline_reached=True)
 
     def _parse(self, answer: Answer, now: float) -> Decision:
         """The parsed answer, or its error: a 429 or a 5xx may be waited out or retried."""
@@ -221,8 +209,8 @@ class Exchange:
             return Decision("requeue", pacing="rate_limited", retry_after=retry_after)
         if pacing != "rate_limited" and self.patient:  # an outage: ride it out until the deadline
             return Decision("requeue", pacing="unavailable", retry_after=retry_after)
-        if self.retries < self.policy.max_retries or (self.priority and self.deadline is not None):
-            delay = self.policy.delay(self.retries + 1, retry_after)
+        if self.retries < self.max_retries or (self.priority and self.deadline is not None):
+            delay = backoff(self.retries + 1, retry_after)
             if self.deadline is None or now + delay < self.deadline:
                 self.retries += 1
                 return Decision("retry", error=error, delay=delay, pacing=pacing)

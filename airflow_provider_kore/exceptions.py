@@ -22,8 +22,8 @@ def redact(text: str, *secrets: str | None) -> str:
 
 
 class Secrets:
-    """The values :func:`redact` removes from one call's messages, kept out of every repr: a traceback
-    printing its frames' locals (Airflow 3.0's ``dag.test()`` does, unmasked) shows ``Secrets(***)``."""
+    """The values :func:`redact` removes from one call's messages; ``repr`` hides them (Airflow 3.0's
+    ``dag.test()`` prints a traceback's locals unmasked)."""
 
     __slots__ = ("_values",)
 
@@ -44,6 +44,7 @@ class KoreError(AirflowException):
     transient: bool = False
     #: True when raised because the caller's deadline came (or would) before Kore could answer.
     deadline_reached: bool = False
+    operation: str = ""
 
     def __init__(self, *args: object, **attributes: object) -> None:
         super().__init__(*args)
@@ -61,14 +62,11 @@ class KoreConnectionError(KoreError):
     """Kore.ai could not be reached, or did not answer in time (transient), or the TLS handshake failed (not)."""
 
     transient = True
-    operation: str = ""
 
 
 class KoreOutcomeUnknownError(KoreError):
-    """A request that must not be sent twice (a start) got no usable answer: Kore may have acted, so it is
-    not re-sent. A task retry of the start operator reads the campaign first to decide."""
+    """A request not safe to send twice (a start) got no usable answer: Kore may have acted, so it is not re-sent."""
 
-    operation: str = ""
     cause: str = ""
     #: The campaign status read after the lost answer, when one could be read.
     status: str | None = None
@@ -77,7 +75,6 @@ class KoreOutcomeUnknownError(KoreError):
 class KoreApiError(KoreError):
     """Kore.ai answered with an error (an HTTP error, or a 200 whose ``status`` is ``failure``)."""
 
-    operation: str = ""
     campaign_id: str | None = None
     http_status: int | None = None
     kore_message: str | None = None

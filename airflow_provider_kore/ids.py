@@ -43,15 +43,13 @@ def validate_campaign_type(value: object) -> str:
 
 def validate_campaign_name(value: object) -> str:
     """A campaign's exact name, as a task looks it up: any non-blank string."""
-    if not isinstance(value, str) or not value.strip():
-        raise KoreConfigurationError(f"campaign_name must be a non-empty string; got {value!r}")
-    return value
+    return validate_text("campaign_name", value)
 
 
-def validate_text(name: str, value: object, limit: int) -> str:
-    """A non-blank string of at most ``limit`` characters (a contact list's name or description)."""
+def validate_text(name: str, value: object, limit: int | None = None) -> str:
+    """A non-blank string, of at most ``limit`` characters if given (a contact list's name or description)."""
     if not isinstance(value, str) or not value.strip():
         raise KoreConfigurationError(f"{name} must be a non-empty string; got {value!r}")
-    if len(value) > limit:
+    if limit is not None and len(value) > limit:
         raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
     return value

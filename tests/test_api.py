@@ -236,6 +236,25 @@ def test_incomplete_connections_are_refused_naming_the_field_and_the_connection(
     assert SECRET not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("timeout", "nan"),
+        ("timeout", "inf"),
+        ("timeout", float("nan")),
+        ("timeout", float("inf")),
+        ("max_retries", float("inf")),
+        ("max_requests_per_minute", "Infinity"),
+        ("max_requests_per_hour", float("nan")),
+    ],
+)
+def test_numeric_extras_must_be_finite(key, value):
+    with pytest.raises(KoreConfigurationError, match=rf"^kore connection 'kore_prod': connection extra {key} "):
+        KoreConnectionConfig.from_connection(
+            make_conn(extra_dejson={"account_id": "a", key: value}), conn_id="kore_prod"
+        )
+
+
 def test_configuration_errors_name_the_connections_own_id_when_none_is_given():
     with pytest.raises(KoreConfigurationError, match=r"^kore connection 'kore_eu': .*account_id"):
         KoreConnectionConfig.from_connection(make_conn(extra_dejson={}, conn_id="kore_eu"))
@@ -447,17 +466,16 @@ def test_parse_retry_after_http_date():
 
 
 def test_backoff_grows_is_jittered_and_capped():
-    policy = engine.RetryPolicy(max_retries=10, backoff_base=1.0, backoff_max=8.0)
-    delays = [policy.delay(n) for n in range(1, 8)]
-    assert all(0.5 <= d <= 8.0 for d in delays)
-    assert policy.delay(1) <= 1.0
-    assert 4.0 <= policy.delay(7) <= 8.0
+    delays = [engine.backoff(n) for n in range(1, 9)]
+    assert all(0.5 <= d <= 30.0 for d in delays)
+    assert engine.backoff(1) <= 1.0
+    assert 4.0 <= engine.backoff(4) <= 8.0
+    assert 15.0 <= engine.backoff(8) <= 30.0
 
 
 def test_retry_after_is_a_floor_and_capped():
-    policy = engine.RetryPolicy()
-    assert policy.delay(1, retry_after=20.0) >= 20.0
-    assert policy.delay(1, retry_after=3600.0) == 120.0
+    assert engine.backoff(1, retry_after=20.0) >= 20.0
+    assert engine.backoff(1, retry_after=3600.0) == 120.0
 
 
 @pytest.mark.parametrize(
