@@ -229,11 +229,11 @@ class KoreAsyncClient(Driver):
             self._prepare(key), secrets=secrets, max_retries=config.max_retries, deadline=until, **flags
         )
         while True:
-            token = self.signer.token()
             try:
                 sent_at = await self.pacing.acquire(until, priority=exchange.priority)
             except pacing.BudgetExhausted as exc:
                 raise exchange.out_of_time(exc.reason) from None
+            token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
             what = await self._send(exchange, token)
             decision = self._decided(exchange, what, sent_at, token, self.pacing, wait)
             if (result := decision.final()) is not None:

@@ -1,5 +1,5 @@
 """``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange`, over one keep-alive
-``requests`` session (it signs, takes its pacing turn, sends and sleeps; the engine decides the rest), and the
+``requests`` session (it takes its pacing turn, signs, sends and sleeps; the engine decides the rest), and the
 campaign and pipeline calls built on it."""
 
 from __future__ import annotations
@@ -312,11 +312,11 @@ class KoreHook(Driver, BaseHook):
         own_session, pacer = self._new_session() if priority else None, self.pacer
         try:
             while True:
-                token = self.signer.token()
                 try:
                     sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
                 except pacing.BudgetExhausted as exc:
                     raise exchange.out_of_time(exc.reason) from None
+                token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
                 what = self._send(own_session or self.session, exchange, token)
                 decision = self._decided(exchange, what, sent_at, token, pacer)
                 if (result := decision.final()) is not None:
