@@ -98,10 +98,9 @@ class KoreAsyncClient(Driver):
             if (joined := self._inflight.get(url)) is None:
                 break  # no read to join: this one leads
             try:  # shielded: one follower cancelled must not cancel the read for the others
-                fetched_at, data = await asyncio.shield(joined)
+                return self._coalesced(wait, *await asyncio.shield(joined))
             except _LeaderGone:
                 continue
-            return self._coalesced(wait, fetched_at, data)
         shared = self._inflight[url] = asyncio.get_running_loop().create_future()
         try:
             result, sent_at = await self._exchange(key, deadline, wait, patient=patient)
@@ -237,8 +236,7 @@ class KoreAsyncClient(Driver):
                 return result, sent_at
             if decision.action == "reload":
                 exchange.reloaded(await self._reload(config)).final()  # the 401 stands unless it changed
-                config = self.config
-                exchange.call, exchange.secrets = self._prepare(key), Secrets(config.client_secret)
+                exchange.call, exchange.secrets = self._prepare(key), Secrets(self.config.client_secret)
             elif decision.action == "retry":
                 await _sleep(decision.delay)
 
