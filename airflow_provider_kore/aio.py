@@ -182,10 +182,8 @@ class KoreAsyncClient(Driver):
             await self.session.close()
 
     async def _reload(self, used: KoreConnectionConfig) -> bool:
-        """Re-read the connection after a fresh token was refused; True if it changed since ``used`` was read.
-
-        One lookup, shared by every request that meets the 401, at most once a minute.
-        """
+        """Re-read the connection after a fresh token was refused (one lookup, shared by every request that meets
+        the 401, at most once a minute); True if it changed since ``used`` was read."""
         task, now = self._reload_task, time.monotonic()
         if self._config is used and (task is None or (task.done() and now - self._reloaded_at >= RELOAD_MIN_INTERVAL)):
             self._reloaded_at = now

@@ -60,8 +60,7 @@ class JwtSigner:
     """Signs and caches the ``auth`` header: a JWT signed with the app's client secret, ``appId`` its client id
     (with ``jwt_per_request``, a fresh one per request, for apps that treat a ``jti`` as single use). Safe to share
     between threads and triggers. Tokens are never handed to Airflow's masker (see ``config._masked``): a token
-    lives minutes, never reaches a log, exception or XCom, and :func:`~.exceptions.redact` scrubs JWT-shaped text.
-    """
+    lives minutes, never reaches a log, exception or XCom, and :func:`~.exceptions.redact` scrubs any JWT."""
 
     def __init__(self, config: KoreConnectionConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config

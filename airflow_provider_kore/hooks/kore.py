@@ -1,6 +1,5 @@
-"""``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange`, over one keep-alive
-``requests`` session (it takes its pacing turn, signs, sends and sleeps; the engine decides the rest), and the
-campaign and pipeline calls built on it."""
+"""``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange` over a keep-alive ``requests``
+session (it takes its pacing turn, signs, sends, sleeps; the engine decides), and the campaign and pipeline calls."""
 
 from __future__ import annotations
 
@@ -128,10 +127,9 @@ class KoreHook(Driver, BaseHook):
     ) -> dict[str, Any]:
         """Start (``trigger=play``) a campaign; returns Kore's answer (``status``, ``message``, ``updatedAt``).
 
-        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that never
-        opened). A start whose answer was lost (a 500/502/504, a read timeout, a connection dropped after
-        sending) is never re-sent: it raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError`
-        naming the status read afterwards.
+        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that never opened).
+        A start whose answer was lost (a 500/502/504, a read timeout, a connection dropped after sending) is never
+        re-sent: it raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError` naming the status.
         """
         call: dict[str, Any] = {"campaign_id": campaign_id, "campaign_type": campaign_type, "stream_id": stream_id}
         try:
@@ -222,9 +220,8 @@ class KoreHook(Driver, BaseHook):
     ) -> int:
         """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
 
-        ``contacts`` is read lazily; each batch is checked (:func:`~airflow_provider_kore.api.contact_payload`)
-        before it is sent. Kore queues the add: it is not done on return. A lost answer raises
-        :class:`KoreOutcomeUnknownError`, never re-sent.
+        ``contacts`` is read lazily; each batch is checked (:func:`~.api.contact_payload`) before it is sent. Kore
+        queues the add: it is not done on return. A lost answer raises :class:`KoreOutcomeUnknownError`, never re-sent.
         """
         name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -248,8 +245,7 @@ class KoreHook(Driver, BaseHook):
         return sent
 
     def _pages(self, operation: str, body: Callable[[int], dict[str, Any]], **params: Any) -> Iterator[dict[str, Any]]:
-        """The ``results`` of each page (``body(page)`` asks for ``PAGE`` rows) while Kore says there are more; bad
-        input raises here, not lazily."""
+        """The ``results`` of each page (``body(page)``) while Kore says there are more; bad input raises here."""
         api.prepare(self.config, operation, body=body(1), **params)
 
         def read() -> Iterator[dict[str, Any]]:
