@@ -79,9 +79,10 @@ class JwtSigner:
             now = self._clock()
             if not config.jwt_per_request and self._token is not None and now < self._expires_at - REFRESH_MARGIN:
                 return self._token
-            issued, self._expires_at = int(now), now + TOKEN_LIFETIME
+            issued = int(now)
             claims = {"appId": config.client_id, "iat": issued, "exp": issued + TOKEN_LIFETIME, "jti": uuid.uuid4().hex}
             self._token = jwt.encode(claims, config.client_secret, algorithm=config.jwt_algorithm)
+            self._expires_at = now + TOKEN_LIFETIME
             self.signed += 1
             return self._token
 
