@@ -245,7 +245,8 @@ class KoreHook(Driver, BaseHook):
         return sent
 
     def _pages(self, operation: str, body: Callable[[int], dict[str, Any]], **params: Any) -> Iterator[dict[str, Any]]:
-        """The ``results`` of each page (``body(page)``) while Kore says there are more; bad input raises here."""
+        """The ``results`` of each page, asked for by ``body(page)``, while Kore says there are more; bad input raises
+        here, not lazily."""
         api.prepare(self.config, operation, body=body(1), **params)
 
         def read() -> Iterator[dict[str, Any]]:
@@ -298,17 +299,16 @@ class KoreHook(Driver, BaseHook):
         exchange = engine.Exchange(call, secrets=secrets, max_retries=retries, priority=priority, deadline=until)
         # A priority stop may run in on_kill, a SIGTERM handler interrupting this thread mid-request: it takes no
         # lock the interrupted call could hold (its own session, the pacer's lock-free path).
+        pacer = self.pacer
         with self._new_session() if priority else contextlib.nullcontext(self.session) as session:
             while True:
                 try:
-                    sent_at = (
-                        self.pacer.acquire_priority() if priority else self.pacer.acquire(until, sleep=self._sleep)
-                    )
+                    sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
                 except pacing.BudgetExhausted as exc:
                     raise exchange.out_of_time(exc.reason) from None
                 token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
                 what = self._send(session, exchange, token)
-                decision = self._decided(exchange, what, sent_at, token, self.pacer)
+                decision = self._decided(exchange, what, sent_at, token, pacer)
                 if (result := decision.final()) is not None:
                     return result
                 if decision.action == "reload":
