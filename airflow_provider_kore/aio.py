@@ -22,13 +22,9 @@ if TYPE_CHECKING:
 CONNECTION_LIMIT = 100  # open connections per session: enough for a busy triggerer, far below Kore's limits
 RELOAD_MIN_INTERVAL = 60.0  # a second 401 re-reads the connection (a rotated secret) at most this often
 _CACHE_SIZE = 10_000  # prepared requests and latest answers kept per client (cleared when full: flat memory)
-_NO_ANSWER: tuple[float, dict[str, Any]] = (float("-inf"), {})  # what a cache miss reads as: never recent
 _Key = tuple[str, str, str | None, str | None]  # operation, campaign id, stream id, campaign type
 _ssl_contexts: dict[str, Any] = {}  # CA bundle path -> SSL context, once per process (~25 ms each)
-
-
-async def _sleep(seconds: float) -> None:  # backoff between retries (a seam for tests)
-    await asyncio.sleep(seconds)
+_sleep = asyncio.sleep  # backoff between retries (tests replace it)
 
 
 @dataclass(slots=True)
@@ -55,7 +51,6 @@ class KoreAsyncClient(Driver):
     def __init__(self, kore_conn_id: str = DEFAULT_CONN_ID) -> None:
         self.kore_conn_id = kore_conn_id
         self._config: KoreConnectionConfig | None = None
-        self._proxy: dict[str, Any] = {}  # proxy and proxy_auth, read once from the environment
         self._prepared: dict[_Key, api.PreparedCall] = {}
         self._open_task: asyncio.Task[None] | None = None
         self._reload_task: asyncio.Task[KoreConnectionConfig] | None = None
@@ -97,16 +92,15 @@ class KoreAsyncClient(Driver):
         key = ("get_campaign_status", campaign_id, stream_id, None)
         url = self._prepare(key).url
         while True:
-            fetched_at, data = self._answers.get(url, _NO_ANSWER)
+            fetched_at, data = self._answers.get(url, (float("-inf"), {}))  # a miss: never recent
             if pacing.clock() - fetched_at < max_age and (wait is None or fetched_at > wait.seen_at):
                 return self._coalesced(wait, fetched_at, data)
             if (joined := self._inflight.get(url)) is None:
                 break  # no read to join: this one leads
             try:  # shielded: one follower cancelled must not cancel the read for the others
-                fetched_at, data = await asyncio.shield(joined)
+                return self._coalesced(wait, *await asyncio.shield(joined))
             except _LeaderGone:
                 continue
-            return self._coalesced(wait, fetched_at, data)
         shared = self._inflight[url] = asyncio.get_running_loop().create_future()
         try:
             result, sent_at = await self._exchange(key, deadline, wait, patient=patient)
@@ -154,7 +148,7 @@ class KoreAsyncClient(Driver):
 
     async def _open(self) -> None:
         config = await self._lookup()
-        ssl, self._proxy = await asyncio.to_thread(_environment_settings, config)
+        ssl, proxy = await asyncio.to_thread(_environment_settings, config)
         import aiohttp
 
         self.session = aiohttp.ClientSession(
@@ -163,6 +157,7 @@ class KoreAsyncClient(Driver):
             headers={"User-Agent": "airflow-provider-kore"},
             trust_env=False,  # proxies are read once above; trust_env would read ~/.netrc on every request
         )
+        self._options = {"allow_redirects": False, **proxy}  # every request's: no redirect, the proxy read once
         self._use(config)
 
     async def _lookup(self) -> KoreConnectionConfig:
@@ -187,10 +182,8 @@ class KoreAsyncClient(Driver):
             await self.session.close()
 
     async def _reload(self, used: KoreConnectionConfig) -> bool:
-        """Re-read the connection after a fresh token was refused; True if it changed since ``used`` was read.
-
-        One lookup, shared by every request that meets the 401, at most once a minute.
-        """
+        """Re-read the connection after a fresh token was refused (one lookup, shared by every request that meets
+        the 401, at most once a minute); True if it changed since ``used`` was read."""
         task, now = self._reload_task, time.monotonic()
         if self._config is used and (task is None or (task.done() and now - self._reloaded_at >= RELOAD_MIN_INTERVAL)):
             self._reloaded_at = now
@@ -224,24 +217,24 @@ class KoreAsyncClient(Driver):
         :class:`~airflow_provider_kore.engine.Exchange`); return (parsed answer, pacing-clock send time)."""
         config = self.config
         until = None if deadline is None else pacing.clock() + (deadline - time.time())
-        secrets = Secrets(config.client_secret)
-        exchange = engine.Exchange(
-            self._prepare(key), secrets=secrets, max_retries=config.max_retries, deadline=until, **flags
-        )
+        call, secrets = self._prepare(key), Secrets(config.client_secret)
+        exchange = engine.Exchange(call, secrets=secrets, max_retries=config.max_retries, deadline=until, **flags)
         while True:
-            token = self.signer.token()
             try:
                 sent_at = await self.pacing.acquire(until, priority=exchange.priority)
             except pacing.BudgetExhausted as exc:
                 raise exchange.out_of_time(exc.reason) from None
+            token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
             what = await self._send(exchange, token)
-            decision = self._decided(exchange, what, sent_at, token, self.pacing, wait)
+            decision = self._decided(exchange, what, sent_at, token, self.pacing)
+            if wait is not None:
+                wait.requests += 1
+                wait.rate_limited += decision.pacing == "rate_limited"
             if (result := decision.final()) is not None:
                 return result, sent_at
             if decision.action == "reload":
                 exchange.reloaded(await self._reload(config)).final()  # the 401 stands unless it changed
-                config = self.config
-                exchange.call, exchange.secrets = self._prepare(key), Secrets(config.client_secret)
+                exchange.call, exchange.secrets = self._prepare(key), Secrets(self.config.client_secret)
             elif decision.action == "retry":
                 await _sleep(decision.delay)
 
@@ -252,13 +245,7 @@ class KoreAsyncClient(Driver):
         headers = {**call.headers, "auth": token}
         try:
             async with self.session.request(
-                call.method,
-                call.url,
-                headers=headers,
-                data=call.body,
-                allow_redirects=False,
-                timeout=limit,
-                **self._proxy,
+                call.method, call.url, headers=headers, data=call.body, timeout=limit, **self._options
             ) as response:
                 return answer(response.status, await response.read(), response.headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:

@@ -15,7 +15,7 @@ from airflow_provider_kore import engine, pacing
 from airflow_provider_kore.ids import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
-    from airflow_provider_kore.aio import KoreAsyncClient, WaitCounters
+    from airflow_provider_kore.aio import KoreAsyncClient
     from airflow_provider_kore.config import KoreConnectionConfig
 
 TOKEN_LIFETIME = 300  # Kore asks for a short one; five minutes covers a slow request
@@ -36,19 +36,19 @@ _FAILURES = (
 
 def network_failure(exc: BaseException) -> engine.NetworkFailure:
     """What a ``requests`` or ``aiohttp`` exception says about the request."""
-    names: set[str] = set()
     chain = [exc]
     for item in chain:
-        names.update(cls.__name__ for cls in type(item).__mro__)
         if len(chain) < 20:
             wrapped = (item.__cause__, item.__context__, getattr(item, "reason", None), *item.args)
             chain += [x for x in wrapped if isinstance(x, BaseException)]
+    names = {cls.__name__ for item in chain for cls in type(item).__mro__}
     outer = {cls.__name__ for cls in type(exc).__mro__}
     kind, detail = next((k, d) for k, found, d in _FAILURES if found & (outer if k == engine.TLS else names))
     return engine.NetworkFailure(kind, f"{type(exc).__name__}: {detail}")
 
 
 Outcome = engine.Answer | engine.NetworkFailure  # what one attempt brought back
+Pacer = pacing.SyncPacer | pacing.AsyncPacer
 
 
 def answer(status: int, body: bytes, headers: Mapping[str, str]) -> engine.Answer:
@@ -60,8 +60,7 @@ class JwtSigner:
     """Signs and caches the ``auth`` header: a JWT signed with the app's client secret, ``appId`` its client id
     (with ``jwt_per_request``, a fresh one per request, for apps that treat a ``jti`` as single use). Safe to share
     between threads and triggers. Tokens are never handed to Airflow's masker (see ``config._masked``): a token
-    lives minutes, never reaches a log, exception or XCom, and :func:`~.exceptions.redact` scrubs JWT-shaped text.
-    """
+    lives minutes, never reaches a log, exception or XCom, and :func:`~.exceptions.redact` scrubs any JWT."""
 
     def __init__(self, config: KoreConnectionConfig, *, clock: Callable[[], float] = time.time) -> None:
         self._config = config
@@ -72,14 +71,19 @@ class JwtSigner:
         self.signed = 0  # tokens signed (benchmarks and tests read it)
 
     def token(self) -> str:
-        """A valid token: the cached one, or a freshly signed one."""
-        if self._config.jwt_per_request:
-            return self._sign(self._clock())
+        """A valid token: the cached one, or a freshly signed one (always, with ``jwt_per_request``)."""
+        import jwt  # PyJWT pulls in cryptography helpers: keep it off the DAG-parse path
+
+        config = self._config
         with self._lock:
             now = self._clock()
-            if self._token is None or now >= self._expires_at - REFRESH_MARGIN:
-                self._token = self._sign(now)
-                self._expires_at = now + TOKEN_LIFETIME
+            if not config.jwt_per_request and self._token is not None and now < self._expires_at - REFRESH_MARGIN:
+                return self._token
+            issued = int(now)
+            claims = {"appId": config.client_id, "iat": issued, "exp": issued + TOKEN_LIFETIME, "jti": uuid.uuid4().hex}
+            self._token = jwt.encode(claims, config.client_secret, algorithm=config.jwt_algorithm)
+            self._expires_at = now + TOKEN_LIFETIME
+            self.signed += 1
             return self._token
 
     def invalidate(self, token: str) -> None:
@@ -87,14 +91,6 @@ class JwtSigner:
         with self._lock:
             if token == self._token:
                 self._token = None
-
-    def _sign(self, now: float) -> str:
-        import jwt  # PyJWT pulls in cryptography helpers: keep it off the DAG-parse path
-
-        config, issued = self._config, int(now)
-        self.signed += 1
-        claims = {"appId": config.client_id, "iat": issued, "exp": issued + TOKEN_LIFETIME, "jti": uuid.uuid4().hex}
-        return jwt.encode(claims, config.client_secret, algorithm=config.jwt_algorithm)
 
 
 class Driver:
@@ -109,23 +105,13 @@ class Driver:
     requests_sent = retries = rate_limited = auth_refreshes = 0
 
     def _decided(
-        self,
-        exchange: engine.Exchange,
-        what: Outcome,
-        sent_at: float,
-        token: str,
-        pacer: pacing.SyncPacer | pacing.AsyncPacer,
-        wait: WaitCounters | None = None,
+        self, exchange: engine.Exchange, what: Outcome, sent_at: float, token: str, pacer: Pacer
     ) -> engine.Decision:
         """The engine's decision on one attempt, recorded by the pacer and the counters; a refused token is dropped."""
         decision = exchange.decide(what, pacing.clock())
         pacer.record(decision.pacing, sent_at, decision.retry_after)
-        limited = decision.pacing == "rate_limited"
         self.requests_sent += 1
-        self.rate_limited += limited
-        if wait is not None:
-            wait.requests += 1
-            wait.rate_limited += limited
+        self.rate_limited += decision.pacing == "rate_limited"
         if decision.action == "resign":
             self.auth_refreshes += 1
             self.signer.invalidate(token)
@@ -173,14 +159,12 @@ class SharedClient:
                 await asyncio.shield(client.aclose())  # finishes even when the releasing trigger is cancelled
 
 
+shared_client = SharedClient  # the running loop's KoreAsyncClient for a connection, as an async context manager
+
+
 def _forget(key: tuple[asyncio.AbstractEventLoop, str], client: KoreAsyncClient) -> None:
     if _registry.get(key) is client:
         del _registry[key]
-
-
-def shared_client(kore_conn_id: str = DEFAULT_CONN_ID) -> SharedClient:
-    """The running loop's :class:`KoreAsyncClient` for ``kore_conn_id``, as an async context manager."""
-    return SharedClient(kore_conn_id)
 
 
 def active_clients() -> list[KoreAsyncClient]:

@@ -451,6 +451,26 @@ def test_401_signs_a_new_token_once(sim):
     assert client.retries == 0
 
 
+def test_the_token_is_signed_after_the_wait_for_a_turn(sim, pacing_waits):
+    """A 429 pause that outlasts the cached token: the request after it carries a token signed after the wait,
+    so it is not refused (no 401, no re-sign). The signer's clock runs 400 s behind the simulator's, plus the
+    pacing waits, so every token it signs is valid there when it should be."""
+    jump = [0.0]
+    sim.inject_fault("get_campaign_status", status=429, retry_after=120)
+
+    async def read(client):
+        client.signer = shared.JwtSigner(client.config, clock=lambda: time.time() - 400 + jump[0] + sum(pacing_waits))
+        client.signer.token()
+        jump[0] = 200  # the cached token is 200 s old, valid for 100 s more by the signer's clock
+        return await client.get_campaign_status(VOICE)
+
+    data, client = call(read)
+    assert data["id"] == VOICE
+    assert [r.status_code for r in sim.requests] == [429, 200]
+    assert client.auth_refreshes == 0
+    assert client.signer.signed == 2
+
+
 def test_wrong_secret_fails_with_auth_error_after_one_resign_and_one_reread(sim, monkeypatch, lookups):
     set_conn(monkeypatch, sim, password="wrong-secret-0123456789abcdef0123456789")
     error, client = call_error(lambda c: c.get_campaign_status(VOICE))

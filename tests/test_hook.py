@@ -254,6 +254,35 @@ def test_token_is_refreshed_before_expiry():
     assert jwt.decode(second, SECRET, algorithms=["HS256"], options={"verify_exp": False})["iat"] == 1_000_250
 
 
+def test_the_token_is_signed_after_the_wait_for_a_turn(hook, requests_mock, clock):
+    """A 429 pause that outlasts the cached token: the request after it carries a token signed after the wait,
+    so it is not refused (no 401, no re-sign)."""
+    start = clock.now
+    hook.__dict__["signer"] = JwtSigner(hook.config, clock=lambda: 1_000_000 + clock.now - start)
+    hook.signer.token()
+    clock.now += 200  # the cached token has 100 s to live
+    answered = []
+
+    def signed(request):  # the claims, whatever the real clock says of them
+        return jwt.decode(request.headers["auth"], SECRET, algorithms=["HS256"], options={"verify_exp": False})
+
+    def answer(request, context):
+        if signed(request)["exp"] <= 1_000_000 + clock.now - start:
+            context.status_code = 401
+        elif not answered:
+            context.status_code = 429
+            context.headers["Retry-After"] = "120"
+        answered.append(context.status_code)
+        return STATUS_BODY if context.status_code == 200 else {"errors": [{"msg": "Invalid or expired token"}]}
+
+    requests_mock.post(STATUS_URL, json=answer)
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert answered == [429, 200]
+    assert hook.auth_refreshes == 0
+    assert hook.signer.signed == 2
+    assert signed(requests_mock.request_history[-1])["iat"] == 1_000_320
+
+
 def test_hs512(monkeypatch, requests_mock):
     secret = SECRET + "-" + "x" * 64  # a full-length HS512 key
     set_conn(monkeypatch, jwt_algorithm="HS512", password=secret)

@@ -1,9 +1,9 @@
-"""``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange`, over one keep-alive
-``requests`` session (it signs, takes its pacing turn, sends and sleeps; the engine decides the rest), and the
-campaign and pipeline calls built on it."""
+"""``KoreHook``: the sync driver of :class:`~airflow_provider_kore.engine.Exchange` over a keep-alive ``requests``
+session (it takes its pacing turn, signs, sends, sleeps; the engine decides), and the campaign and pipeline calls."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import time
@@ -127,15 +127,13 @@ class KoreHook(Driver, BaseHook):
     ) -> dict[str, Any]:
         """Start (``trigger=play``) a campaign; returns Kore's answer (``status``, ``message``, ``updatedAt``).
 
-        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that never
-        opened). A start whose answer was lost (a 500/502/504, a read timeout, a connection dropped after
-        sending) is never re-sent: it raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError`
-        naming the status read afterwards.
+        Sent again only when Kore's answer proves it did not act (a 429, a 503, a connection that never opened).
+        A start whose answer was lost (a 500/502/504, a read timeout, a connection dropped after sending) is never
+        re-sent: it raises :class:`~airflow_provider_kore.exceptions.KoreOutcomeUnknownError` naming the status.
         """
+        call: dict[str, Any] = {"campaign_id": campaign_id, "campaign_type": campaign_type, "stream_id": stream_id}
         try:
-            return self._request(
-                "start_campaign", campaign_id=campaign_id, campaign_type=campaign_type, stream_id=stream_id
-            )
+            return self._request("start_campaign", **call)
         except KoreOutcomeUnknownError as exc:
             try:
                 exc.status = str(self.get_campaign_status(campaign_id, stream_id=stream_id).get("status"))
@@ -170,13 +168,9 @@ class KoreHook(Driver, BaseHook):
     ) -> Iterator[dict[str, Any]]:
         """Every campaign of ``campaign_type`` (optionally only those in ``statuses``), page by page: Kore's rows
         with ``id`` set (voice rows carry ``_id``, SMS rows ``id``)."""
-        body: dict[str, Any] = {
-            "type": ids.validate_campaign_type(campaign_type),
-            "limit": PAGE,
-            "sortBy": {"createdAt": "asc"},  # oldest first: a campaign created meanwhile lands on a later page
-        }
-        wanted = api.campaign_statuses(statuses)
-        if wanted:
+        # Oldest first: a campaign created meanwhile lands on a later page.
+        body = {"type": ids.validate_campaign_type(campaign_type), "limit": PAGE, "sortBy": {"createdAt": "asc"}}
+        if wanted := api.campaign_statuses(statuses):
             body["filters"] = {"status": wanted}
         pages = self._pages(
             "list_campaigns", lambda page: {**body, "page": page, "skip": (page - 1) * PAGE}, stream_id=stream_id
@@ -226,41 +220,38 @@ class KoreHook(Driver, BaseHook):
     ) -> int:
         """Add contacts to a list, in order, ``batch_size`` per request; returns how many were sent.
 
-        ``contacts`` is read lazily; each batch is checked (:func:`~airflow_provider_kore.api.contact_payload`)
-        before it is sent. Kore queues the add: it is not done on return. A lost answer raises
-        :class:`KoreOutcomeUnknownError`, never re-sent.
+        ``contacts`` is read lazily; each batch is checked (:func:`~.api.contact_payload`) before it is sent. Kore
+        queues the add: it is not done on return. A lost answer raises :class:`KoreOutcomeUnknownError`, never re-sent.
         """
         name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
         self.config.resolve_stream_id(stream_id)
-        rows, sent = iter(contacts), 0
-        while True:
-            batch = []
-            for number, contact in enumerate(itertools.islice(rows, batch_size), start=sent + 1):
+        rows, sent = enumerate(contacts, start=1), 0
+        while batch := list(itertools.islice(rows, batch_size)):
+            data = []
+            for number, contact in batch:
                 try:
-                    batch.append(api.contact_payload(contact))
+                    data.append(api.contact_payload(contact))
                 except KoreConfigurationError as exc:
                     raise KoreConfigurationError(f"contact {number}: {exc}") from None
-            if not batch:
-                return sent
-            body = {"contact_list_name": name, "data": batch}
+            body = {"contact_list_name": name, "data": data}
             try:
                 self._request("add_contacts", stream_id=stream_id, body=body, subject=f"contact list {name!r}")
             except KoreOutcomeUnknownError as exc:
                 exc.args = (f"{exc.args[0]} ({sent} contacts were sent before this batch of {len(batch)})",)
                 raise
             sent += len(batch)
+        return sent
 
-    def _pages(
-        self, operation: str, body_for: Callable[[int], dict[str, Any]], **params: Any
-    ) -> Iterator[dict[str, Any]]:
-        """The ``results`` of each page while Kore says there are more; bad input raises here, not lazily."""
-        api.prepare(self.config, operation, body=body_for(1), **params)
+    def _pages(self, operation: str, body: Callable[[int], dict[str, Any]], **params: Any) -> Iterator[dict[str, Any]]:
+        """The ``results`` of each page, asked for by ``body(page)``, while Kore says there are more; bad input raises
+        here, not lazily."""
+        api.prepare(self.config, operation, body=body(1), **params)
 
         def read() -> Iterator[dict[str, Any]]:
             for page in itertools.count(1):
-                data = self._request(operation, body=body_for(page), **params)["data"]
+                data = self._request(operation, body=body(page), **params)["data"]
                 results = data.get("results")
                 if not isinstance(results, list) or not all(isinstance(row, dict) for row in results):
                     what = f"Kore.ai {api.ENDPOINTS[operation].label}: page {page} has no results list"
@@ -268,7 +259,7 @@ class KoreHook(Driver, BaseHook):
                 yield from results
                 more, total = data.get("hasMore"), data.get("totalPages")
                 if more is None:  # the contacts page has no hasMore: totalPages, else a short page, ends it
-                    more = page < total if isinstance(total, int) else len(results) >= body_for(page)["limit"]
+                    more = page < total if isinstance(total, int) else len(results) >= PAGE
                 if not results or not more:
                     return
 
@@ -304,20 +295,19 @@ class KoreHook(Driver, BaseHook):
         deadline = self.deadline if deadline is None else deadline
         until = pacing.clock() + (pacing.RATE_LIMIT_PATIENCE if deadline is None else deadline - time.time())
         retries = self.config.max_retries if self._max_retries_override is None else self._max_retries_override
-        secrets = Secrets(self.config.client_secret)
-        call = api.prepare(self.config, operation, **params)
+        call, secrets = api.prepare(self.config, operation, **params), Secrets(self.config.client_secret)
         exchange = engine.Exchange(call, secrets=secrets, max_retries=retries, priority=priority, deadline=until)
         # A priority stop may run in on_kill, a SIGTERM handler interrupting this thread mid-request: it takes no
         # lock the interrupted call could hold (its own session, the pacer's lock-free path).
-        own_session, pacer = self._new_session() if priority else None, self.pacer
-        try:
+        pacer = self.pacer
+        with self._new_session() if priority else contextlib.nullcontext(self.session) as session:
             while True:
-                token = self.signer.token()
                 try:
                     sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
                 except pacing.BudgetExhausted as exc:
                     raise exchange.out_of_time(exc.reason) from None
-                what = self._send(own_session or self.session, exchange, token)
+                token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
+                what = self._send(session, exchange, token)
                 decision = self._decided(exchange, what, sent_at, token, pacer)
                 if (result := decision.final()) is not None:
                     return result
@@ -327,9 +317,6 @@ class KoreHook(Driver, BaseHook):
                     exchange.secrets = Secrets(self.config.client_secret)
                 elif decision.action == "retry":
                     self._sleep(decision.delay)
-        finally:
-            if own_session is not None:
-                own_session.close()
 
     def _send(self, session: requests.Session, exchange: engine.Exchange, token: str) -> Outcome:
         call, limit = exchange.call, exchange.timeout(pacing.clock(), self.timeout)
@@ -353,8 +340,7 @@ class KoreHook(Driver, BaseHook):
             return False
         self.log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
         self.close()
-        self.__dict__["config"] = config
-        self.__dict__.pop("signer", None)
+        self.__dict__.update(config=config, signer=JwtSigner(config))
         return True
 
 
