@@ -96,11 +96,9 @@ def connection_form_widgets() -> dict[str, Any]:
 
     classes: dict[str, Any] = {"boolean": BooleanField, "integer": IntegerField}
     widgets: dict[str, Any] = {}
-    for name, spec in _conn_fields().items():
-        schema = spec["schema"]
-        field_class = classes.get(schema["type"][0], StringField)
-        validators = [any_of(schema["enum"])] if "enum" in schema else []
-        widgets[name] = field_class(spec["label"], validators=validators, description=spec["description"])
+    for name, (label, kind, schema, _) in _FIELDS.items():
+        validators = [any_of(list(schema["enum"]))] if "enum" in schema else []
+        widgets[name] = classes.get(kind, StringField)(label, validators=validators, description=_HELP[name])
     return widgets
 
 

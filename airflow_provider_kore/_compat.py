@@ -49,16 +49,13 @@ def default_deferrable() -> bool:
 
 def mask_secret(value: str) -> None:
     """Register a value with Airflow's secrets masker (best effort: a bare script has none)."""
-    try:
-        from airflow.sdk.log import mask_secret as mask
-    except ImportError:  # Airflow 3.0
+    with contextlib.suppress(Exception):
         try:
+            from airflow.sdk.log import mask_secret as mask
+        except ImportError:  # Airflow 3.0
             from airflow.sdk.execution_time.secrets_masker import (  # type: ignore[no-redef,unused-ignore]
                 mask_secret as mask,
             )
-        except ImportError:
-            return
-    with contextlib.suppress(Exception):
         mask(value)
 
 

@@ -77,7 +77,7 @@ class Budget:
         self._last_send = self.paused_until = self._pause_started = self._hold_until = -math.inf
         self.gap = 0.0  # the least time between two sends now
         self.learned_rate: float | None = None  # requests/min; None while no 429 constrains the connection
-        self.slow_start, self._hold = False, math.inf  # slow start: the learned limit doubles
+        self.slow_start = False  # slow start: the learned limit doubles
         self._pause_accepted = self._consecutive = self._outages = 0  # _outages: pauses since an answer
         self._learning = False  # answers in flight when the pause began still teach the rate
         self._resumed_at: float | None = None  # first send after the last pause; clean time counts from it
@@ -215,7 +215,7 @@ class Budget:
         accepted = self._pause_accepted
         self.slow_start = accepted < EVIDENCE_MIN
         learned = max(MIN_RATE_PER_MINUTE, LEARN_FRACTION * accepted)
-        self._hold, self._hold_until = max(accepted, MIN_RATE_PER_MINUTE), self._pause_started + PROBE_AFTER
+        self._hold_until = self._pause_started + PROBE_AFTER  # held at what Kore accepted until then
         self.learned_rate = learned if self.per_minute is None or learned < self.per_minute else None
         self._update()
 
@@ -229,7 +229,7 @@ class Budget:
         before = self._describe_rate()
         learned = self.learned_rate * (2 if self.slow_start else RAISE_FACTOR)
         if not self.slow_start and now < self._hold_until:
-            learned = min(learned, max(self._hold, self.learned_rate))
+            learned = min(learned, max(self._pause_accepted, self.learned_rate))
         self.learned_rate = None if learned >= (self.per_minute or RATE_CEILING) else learned
         self._update()
         if self._describe_rate() != before:
@@ -304,7 +304,7 @@ class AsyncPacer(_Pacer):
     async def acquire(self, deadline: float | None = None, *, priority: bool = False) -> float:
         """Wait for a turn, record the send and return its time; a ``priority`` send goes now, ahead of all."""
         budget, now = self.budget, clock()
-        if priority or (not self.queued and (not budget.limited or budget.next_send_time(now) <= now + _EARLY)):
+        if priority or (not self.queued and budget.next_send_time(now) <= now + _EARLY):
             budget.record_send(now)
             return now
         self.queued += 1
