@@ -87,8 +87,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         self._lease: SharedClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The class path and plain-JSON kwargs the triggerer rebuilds this trigger from: every constructor
-        parameter, as validated (the status lists as the rule resolved them)."""
+        """The class path and plain-JSON kwargs (each constructor parameter, validated) to rebuild it from."""
         rule = self.rule
         statuses = {"target_statuses": list(rule.target_statuses), "failure_statuses": list(rule.failure_statuses)}
         names = inspect.signature(type(self)).parameters
@@ -241,7 +240,7 @@ class _Progress:
     status: str | None = None
     data: dict[str, Any] | None = None
     counters: WaitCounters = field(default_factory=WaitCounters)
-    budget: pacing.Budget | None = None
+    budget: pacing.Budget | None = None  # the connection's: its 429 pauses while this wait ran are counted
     pauses_before: int = 0
 
     def event(self, outcome: str, message: str) -> dict[str, Any]:
@@ -258,7 +257,6 @@ class _Progress:
                 "requests": self.counters.requests,  # sent for this wait's reads, retries included
                 "coalesced": self.counters.coalesced,  # reads answered by another wait's request or answer
                 "rate_limited": self.counters.rate_limited,  # 429s to this wait's requests
-                # Connection-wide 429 pauses while this wait ran.
                 "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
             },
         }
