@@ -90,7 +90,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         """The class path and plain-JSON kwargs (each constructor parameter, validated) to rebuild it from."""
         rule = self.rule
         statuses = {"target_statuses": list(rule.target_statuses), "failure_statuses": list(rule.failure_statuses)}
-        names = inspect.signature(type(self)).parameters
+        names = inspect.signature(KoreCampaignStatusTrigger).parameters
         return CLASSPATH, {name: statuses[name] if name in statuses else getattr(self, name) for name in names}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
