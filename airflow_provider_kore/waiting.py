@@ -75,9 +75,7 @@ def positive_seconds(name: str, value: object) -> float:
 
 def non_negative_seconds(name: str, value: object) -> float | None:
     """None, or a number of seconds >= 0 from a number or a ``timedelta``."""
-    if value is None:
-        return None
-    return _seconds(name, value, lambda seconds: seconds >= 0, "None or a number of seconds >= 0")
+    return None if value is None else _seconds(name, value, lambda s: s >= 0, "None or a number of seconds >= 0")
 
 
 def max_errors(value: object) -> int | None:

@@ -2,12 +2,12 @@
 
 Waits on one connection share the event loop's client (one lookup, session and JWT), its request
 budget and 429 pauses (a 429 never ends a wait); waits on one campaign share their status reads.
-It fires exactly one event, whose payload :meth:`_Progress.event` builds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -49,8 +49,7 @@ class KoreCampaignStatusTrigger(BaseTrigger):
     :param failure_statuses: Statuses that end it badly (and any terminal non-target). Default ``("Failed",)``.
     :param stream_id: The stream (bot) id; default: the connection's ``stream_id`` extra.
     :param poll_interval: Seconds between status reads.
-    :param end_time: Epoch seconds after which the wait ends with a ``timeout`` event (a last read is
-        made then). None: no limit.
+    :param end_time: Epoch seconds when the wait ends with a ``timeout`` event, after a last read. None: no limit.
     :param stop_on_kill: Stop the campaign in :meth:`on_kill` (Airflow 3.3+: the deferred task was killed).
     :param campaign_type: ``"voice"`` or ``"sms"``: the type the stop request names.
     :param max_consecutive_errors: None: a transient failure never ends the wait while ``end_time``
@@ -88,30 +87,17 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         self._lease: SharedClient | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        """The class path and plain-JSON kwargs the triggerer rebuilds this trigger from."""
-        return (
-            CLASSPATH,
-            {
-                "campaign_id": self.campaign_id,
-                "kore_conn_id": self.kore_conn_id,
-                "target_statuses": list(self.rule.target_statuses),
-                "failure_statuses": list(self.rule.failure_statuses),
-                "stream_id": self.stream_id,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "stop_on_kill": self.stop_on_kill,
-                "campaign_type": self.campaign_type,
-                "max_consecutive_errors": self.max_consecutive_errors,
-                "last_read_at": self.last_read_at,
-            },
-        )
+        """The class path and plain-JSON kwargs (each constructor parameter, validated) to rebuild it from."""
+        rule = self.rule
+        statuses = {"target_statuses": list(rule.target_statuses), "failure_statuses": list(rule.failure_statuses)}
+        names = inspect.signature(KoreCampaignStatusTrigger).parameters
+        return CLASSPATH, {name: statuses[name] if name in statuses else getattr(self, name) for name in names}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until the campaign's status decides the wait, then fire one event."""
         # The shared client is released before the event is yielded: the triggerer may drop
         # this generator right after the event without ever resuming it.
-        payload = await self._wait()
-        yield TriggerEvent(payload)
+        yield TriggerEvent(await self._wait())
 
     async def _wait(self) -> dict[str, Any]:
         state = _Progress(self.campaign_id)
@@ -123,10 +109,9 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                 secret = client.config.client_secret
                 state.budget = client.pacing.budget
                 state.pauses_before = state.budget.pauses
-                return await self._poll(client, state)
+                return await self._poll(client, state, where)
         except KoreError as exc:  # auth, not found, bad answer, configuration: polling cannot help
-            text = str(exc)
-            return state.event("error", text if repr(self.campaign_id) in text else f"{where}: {text}")
+            return state.event("error", str(exc) if repr(self.campaign_id) in str(exc) else f"{where}: {exc}")
         except Exception as exc:  # fail closed: an event the task reads as an error, never a hang
             text = redact(f"{type(exc).__name__}: {exc}", secret)
             if secret is None:  # the connection could not be looked up (e.g. it does not exist)
@@ -138,29 +123,25 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         finally:
             self._lease = None
 
-    async def _poll(self, client: KoreAsyncClient, state: _Progress) -> dict[str, Any]:
+    async def _poll(self, client: KoreAsyncClient, state: _Progress, where: str) -> dict[str, Any]:
         campaign = self.campaign_id
-        where = f"Kore.ai campaign {campaign!r}"
         limit = self.max_consecutive_errors
-        counters = state.counters
         errors = 0
         last_error = ""
-        due = self.first_read_due(state.started_at)  # None: read at once
-        last_read = False
+        due = self.first_read_due(state.started_at) or time.time()
         while True:
-            if due is not None:
-                if self.end_time is not None and self.end_time <= due:  # the next read is the last, at end_time
-                    due, last_read = self.end_time, True
-                await _sleep_until(due)
+            if self.end_time is not None:
+                due = min(due, self.end_time)  # a read due after end_time is made at end_time, the last
+            await _sleep_until(due)
             state.polls += 1
-            read_before = counters.seen_at
+            read_before = state.counters.seen_at
             try:
                 data = await client.get_campaign_status(
                     campaign,
                     stream_id=self.stream_id,
                     max_age=COALESCE_FRACTION * self.poll_interval,
                     deadline=self.end_time,
-                    wait=counters,
+                    wait=state.counters,
                     patient=limit is None,
                 )
             except KoreError as exc:
@@ -168,16 +149,17 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                     raise
                 # The client waited a transient failure (429, 5xx, network) out until end_time or,
                 # with a limit, retried it; a read that ran out of time ends the wait as a timeout.
+                errors += 1
                 last_error = str(exc)
                 if self.end_time is not None and (exc.deadline_reached or time.time() >= self.end_time):
-                    await _sleep_until(self.end_time)  # no turn before end_time: the wait lasts until then
-                    return state.event("timeout", self._timeout_message(state, last_error))
-                errors += 1
-                if limit is not None and errors > limit:
+                    due = self.end_time
+                    await _sleep_until(due)  # no turn before end_time: the wait lasts until then
+                elif limit is not None and errors > limit:
                     return state.event("error", f"{where}: {errors} status reads in a row failed; last: {last_error}")
-                self.log.warning(
-                    "Kore.ai campaign %s: status read failed (%d in a row): %s", campaign, errors, last_error
-                )
+                else:
+                    self.log.warning(
+                        "Kore.ai campaign %s: status read failed (%d in a row): %s", campaign, errors, last_error
+                    )
             else:
                 errors = 0
                 status = data["status"]
@@ -192,13 +174,17 @@ class KoreCampaignStatusTrigger(BaseTrigger):
                     return state.event(verdict, f"{where} reached {status!r} after {state.polls} poll(s)")
                 if verdict == "failure":
                     return state.event(verdict, self.rule.explain_failure(campaign, status))
-            if self.end_time is not None and (last_read or self.end_time <= time.time()):
-                return state.event("timeout", self._timeout_message(state, last_error if errors else ""))
+            if self.end_time is not None and max(due, time.time()) >= self.end_time:
+                last = "no status read" if state.status is None else f"last status {state.status!r}"
+                failed = f"; last read failed: {last_error}" if errors else ""
+                targets = ", ".join(self.rule.target_statuses)
+                why = f"{where} did not reach {targets} before the end time ({last}{failed}, {state.polls} poll(s))"
+                return state.event("timeout", why)
             delay = self.poll_interval
-            if counters.seen_at > read_before:
+            if state.counters.seen_at > read_before:
                 # The next read is due one interval after the answer was asked for (it may be
                 # another wait's, a little older): waits on one campaign fall into step.
-                delay = max(0.0, min(delay, counters.seen_at + delay - pacing.clock()))
+                delay = max(0.0, min(delay, state.counters.seen_at + delay - pacing.clock()))
             due = time.time() + delay
 
     def first_read_due(self, started_at: float) -> float | None:
@@ -207,15 +193,6 @@ class KoreCampaignStatusTrigger(BaseTrigger):
         if self.last_read_at is None:
             return None
         return max(self.last_read_at + self.poll_interval, started_at + MIN_FIRST_READ_DELAY)
-
-    def _timeout_message(self, state: _Progress, last_error: str) -> str:
-        last = f"last status {state.status!r}" if state.status is not None else "no status read"
-        if last_error:
-            last += f"; last read failed: {last_error}"
-        return (
-            f"Kore.ai campaign {self.campaign_id!r} did not reach {', '.join(self.rule.target_statuses)} "
-            f"before the end time ({last}, {state.polls} poll(s))"
-        )
 
     async def cleanup(self) -> None:
         """Release the shared client if a cancelled wait still holds it (normally a no-op)."""
@@ -263,7 +240,7 @@ class _Progress:
     status: str | None = None
     data: dict[str, Any] | None = None
     counters: WaitCounters = field(default_factory=WaitCounters)
-    budget: pacing.Budget | None = None
+    budget: pacing.Budget | None = None  # the connection's: its 429 pauses while this wait ran are counted
     pauses_before: int = 0
 
     def event(self, outcome: str, message: str) -> dict[str, Any]:
@@ -280,7 +257,6 @@ class _Progress:
                 "requests": self.counters.requests,  # sent for this wait's reads, retries included
                 "coalesced": self.counters.coalesced,  # reads answered by another wait's request or answer
                 "rate_limited": self.counters.rate_limited,  # 429s to this wait's requests
-                # Connection-wide 429 pauses while this wait ran.
                 "pauses": 0 if self.budget is None else self.budget.pauses - self.pauses_before,
             },
         }
