@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import ids, waiting
@@ -80,8 +80,7 @@ class _CampaignCall(KoreCampaignOperatorBase):
         self.log.info(
             "Kore.ai campaign %s is already %s: nothing to stop (the stop answered %s)", campaign_id, status, why
         )
-        message = f"Campaign already {status}; nothing to stop"
-        return {"status": status, "message": message, "updatedAt": None}, False
+        return {"status": status, "message": f"Campaign already {status}; nothing to stop", "updatedAt": None}, False
 
 
 class KoreStartCampaignOperator(_CampaignCall):
@@ -177,10 +176,9 @@ class KoreStartCampaignOperator(_CampaignCall):
                 ran_at = pendulum.parse(text.strip()) if isinstance(text, str) else None
             except (ValueError, TypeError):  # pendulum's ParserError is a ValueError
                 ran_at = None
-            run_start = getattr(context.get("dag_run"), "start_date", None)
-            if isinstance(run_start, datetime) and run_start.tzinfo is None:
-                run_start = run_start.replace(tzinfo=timezone.utc)  # Airflow keeps times in UTC
-            if isinstance(ran_at, datetime) and isinstance(run_start, datetime) and ran_at >= run_start:
+            started = getattr(context.get("dag_run"), "start_date", None)
+            run_start = pendulum.instance(started) if isinstance(started, datetime) else None  # naive is UTC
+            if isinstance(ran_at, datetime) and run_start is not None and ran_at >= run_start:
                 reason = f"Campaign is {status} after an execution at {ran_at.isoformat()}, since this DAG run began"
         elif status.lower() != "ready":
             reason = f"Campaign is {status}: an earlier try's start took effect; not started again"
