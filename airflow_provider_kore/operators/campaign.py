@@ -188,17 +188,15 @@ class KoreStartCampaignOperator(_CampaignCall):
         self.log.info("Try %d: Kore.ai campaign %s: %s", try_number, campaign_id, reason)
         return self._result(campaign_id, stream_id, {"status": status, "message": reason}, started=False)
 
-    def _wait(
-        self, campaign_id: str, stream_id: str | None, rule: StatusRule, result: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _wait(self, campaign_id: str, stream_id: str | None, rule: StatusRule, start: dict[str, Any]) -> dict[str, Any]:
         watch = waiting.CampaignStatusWatch(campaign_id, rule, stream_id=stream_id, log=self.log)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = time.monotonic() + (float("inf") if self.timeout is None else self.timeout)
         while True:
             verdict, data = watch.check(self.hook, deadline=time.time() + self.poll_interval + waiting.POKE_GRACE)
             if verdict == "success" and data is not None:
-                return {**result, "start_status": result.get("status"), "status": plain(data.get("status"))}
+                return {**start, "start_status": start.get("status"), "status": plain(data.get("status"))}
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 last = None if data is None else data.get("status")
                 self._stop_if_asked(campaign_id, stream_id, _TIMED_OUT)
                 raise KoreCampaignTimeoutError(
@@ -207,7 +205,7 @@ class KoreStartCampaignOperator(_CampaignCall):
                     campaign_id=campaign_id,
                     status=None if last is None else str(last),
                 )
-            time.sleep(self.poll_interval if deadline is None else max(0.0, min(self.poll_interval, deadline - now)))
+            time.sleep(min(self.poll_interval, deadline - now))
 
     def execute_complete(
         self, context: Context, event: Any = None, start_result: dict[str, Any] | None = None

@@ -74,8 +74,8 @@ class KoreExportCampaignResultsOperator(KoreCampaignOperatorBase):
         destination = object_storage_path(self.destination)
         if destination.protocol in ("", "file", "local"):
             destination.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden, unique, in the same folder: the final move is a rename on a local disk (object stores,
-        # fsspec's mv, copy it, then delete the temporary object).
+        # Hidden, unique, in the same folder: moving it into place is a rename on a local disk (on an
+        # object store, fsspec's mv copies it, then deletes the temporary object).
         temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}.tmp"
         outcomes, statuses = Counter[str](), Counter[str]()
         try:
