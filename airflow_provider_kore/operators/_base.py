@@ -1,5 +1,5 @@
-"""What every Kore operator shares: the connection, the lazy hook, the stream, the campaign choice
-and file URIs. Cheap to import (DAG-parse time)."""
+"""What every Kore operator (and the sensor) shares: the connection, the lazy hook, the stream, the campaign
+choice and file URIs. Cheap to import (DAG-parse time)."""
 
 from __future__ import annotations
 
@@ -39,10 +39,12 @@ def file_format(name: str, uri: str, given: str | None, fallback: str | None = N
 
 
 class KoreOperatorBase(BaseOperator):
-    """The ``kore`` connection, its lazy hook and the bot (stream) id."""
+    """The ``kore`` connection, its lazy hook and the bot (stream) id (the sensor's too)."""
 
     template_fields: Sequence[str] = ("stream_id",)
     ui_color = "#dcebf7"
+    #: Whether the hook's waits on Kore end by ``execution_timeout`` (not the sensor's: each poke bounds its own).
+    _hook_until_execution_timeout = True
 
     def __init__(self, *, stream_id: str | None = None, kore_conn_id: str = ids.DEFAULT_CONN_ID, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -56,7 +58,7 @@ class KoreOperatorBase(BaseOperator):
         """The ``KoreHook`` (built in the worker); its waits on Kore end by ``execution_timeout``, if set."""
         from airflow_provider_kore.hooks.kore import KoreHook
 
-        limit = self.execution_timeout
+        limit = self.execution_timeout if self._hook_until_execution_timeout else None
         deadline = None if limit is None else time.time() + limit.total_seconds()
         return KoreHook(kore_conn_id=self.kore_conn_id, deadline=deadline)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import ids, waiting
@@ -80,8 +80,7 @@ class _CampaignCall(KoreCampaignOperatorBase):
         self.log.info(
             "Kore.ai campaign %s is already %s: nothing to stop (the stop answered %s)", campaign_id, status, why
         )
-        message = f"Campaign already {status}; nothing to stop"
-        return {"status": status, "message": message, "updatedAt": None}, False
+        return {"status": status, "message": f"Campaign already {status}; nothing to stop", "updatedAt": None}, False
 
 
 class KoreStartCampaignOperator(_CampaignCall):
@@ -177,10 +176,9 @@ class KoreStartCampaignOperator(_CampaignCall):
                 ran_at = pendulum.parse(text.strip()) if isinstance(text, str) else None
             except (ValueError, TypeError):  # pendulum's ParserError is a ValueError
                 ran_at = None
-            run_start = getattr(context.get("dag_run"), "start_date", None)
-            if isinstance(run_start, datetime) and run_start.tzinfo is None:
-                run_start = run_start.replace(tzinfo=timezone.utc)  # Airflow keeps times in UTC
-            if isinstance(ran_at, datetime) and isinstance(run_start, datetime) and ran_at >= run_start:
+            started = getattr(context.get("dag_run"), "start_date", None)
+            run_start = pendulum.instance(started) if isinstance(started, datetime) else None  # naive is UTC
+            if isinstance(ran_at, datetime) and run_start is not None and ran_at >= run_start:
                 reason = f"Campaign is {status} after an execution at {ran_at.isoformat()}, since this DAG run began"
         elif status.lower() != "ready":
             reason = f"Campaign is {status}: an earlier try's start took effect; not started again"
@@ -190,17 +188,15 @@ class KoreStartCampaignOperator(_CampaignCall):
         self.log.info("Try %d: Kore.ai campaign %s: %s", try_number, campaign_id, reason)
         return self._result(campaign_id, stream_id, {"status": status, "message": reason}, started=False)
 
-    def _wait(
-        self, campaign_id: str, stream_id: str | None, rule: StatusRule, result: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _wait(self, campaign_id: str, stream_id: str | None, rule: StatusRule, start: dict[str, Any]) -> dict[str, Any]:
         watch = waiting.CampaignStatusWatch(campaign_id, rule, stream_id=stream_id, log=self.log)
-        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        deadline = time.monotonic() + (float("inf") if self.timeout is None else self.timeout)
         while True:
             verdict, data = watch.check(self.hook, deadline=time.time() + self.poll_interval + waiting.POKE_GRACE)
             if verdict == "success" and data is not None:
-                return {**result, "start_status": result.get("status"), "status": plain(data.get("status"))}
+                return {**start, "start_status": start.get("status"), "status": plain(data.get("status"))}
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 last = None if data is None else data.get("status")
                 self._stop_if_asked(campaign_id, stream_id, _TIMED_OUT)
                 raise KoreCampaignTimeoutError(
@@ -209,7 +205,7 @@ class KoreStartCampaignOperator(_CampaignCall):
                     campaign_id=campaign_id,
                     status=None if last is None else str(last),
                 )
-            time.sleep(self.poll_interval if deadline is None else max(0.0, min(self.poll_interval, deadline - now)))
+            time.sleep(min(self.poll_interval, deadline - now))
 
     def execute_complete(
         self, context: Context, event: Any = None, start_result: dict[str, Any] | None = None

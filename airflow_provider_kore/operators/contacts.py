@@ -7,10 +7,11 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_kore import ids
+from airflow_provider_kore._compat import object_storage_path
 from airflow_provider_kore.exceptions import KoreConfigurationError, KoreError
 from airflow_provider_kore.operators._base import KoreOperatorBase, file_format, file_uri
 from airflow_provider_kore.waiting import is_template, rendered_optional_id
@@ -92,38 +93,11 @@ class KoreLoadContactsOperator(KoreOperatorBase):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Check every row, create the list if asked, then send the good rows in batches."""
-        from airflow_provider_kore import api
-
         name = ids.validate_text("contact_list_name", self.contact_list_name, ids.MAX_LIST_NAME_LENGTH)
         stream_id = rendered_optional_id("stream_id", self.stream_id)
         rows, where = self._rows()
-        fields = {_key(field): field for field in api.CONTACT_FIELDS}
-        columns: dict[object, str | None] = {}
-
-        def contact(row: object) -> dict[str, Any]:
-            if isinstance(row, Exception):
-                raise row
-            if not isinstance(row, Mapping):
-                raise KoreConfigurationError(f"not an object ({type(row).__name__})")
-            if None in row:  # csv.DictReader's key for fields beyond the header's
-                raise KoreConfigurationError("more fields than the header row has columns")
-            mapped: dict[str, Any] = {}
-            for key, value in row.items():
-                if key not in columns:  # a file has few distinct columns: match each name once
-                    columns[key] = fields.get(_key(key))
-                if (field := columns[key]) is not None:
-                    mapped[field] = value
-            return api.contact_payload(mapped)
-
-        def checked() -> Iterator[tuple[str, dict[str, Any] | KoreConfigurationError]]:
-            for label, row in rows():
-                try:
-                    yield label, contact(row)
-                except KoreConfigurationError as exc:
-                    yield label, exc
-
         total, bad, shown = 0, 0, list[str]()
-        for label, item in checked():
+        for label, item in _contacts(rows()):
             total += 1
             if isinstance(item, KoreConfigurationError):
                 bad += 1
@@ -140,7 +114,7 @@ class KoreLoadContactsOperator(KoreOperatorBase):
             description = self.description or f"Loaded by Airflow: {self.dag_id}.{self.task_id}"[:256]
             created = self.hook.create_contact_list(name, description, self.allow_duplicates, stream_id)
             self.log.info("Created Kore.ai contact list %r (%s)", name, created.get("_id"))
-        good = (item for _, item in checked() if not isinstance(item, KoreConfigurationError))
+        good = (item for _, item in _contacts(rows()) if not isinstance(item, KoreConfigurationError))
         sent = self.hook.add_contacts(name, good, batch_size=self.batch_size, stream_id=stream_id)
         if sent != total - bad:
             raise KoreError(f"{where} changed while it was loaded: {total - bad} good rows were checked, {sent} sent")
@@ -165,11 +139,34 @@ class KoreLoadContactsOperator(KoreOperatorBase):
                     "text: pass an XComArg such as task.output, or set render_template_as_native_obj=True)"
                 )
             return (lambda: ((f"item {n}", row) for n, row in enumerate(contacts, start=1))), "contacts"
-        from airflow_provider_kore._compat import object_storage_path
-
         fmt = file_format("source_format", file_uri("source", self.source), self.source_format)
         path = object_storage_path(self.source)
         return (lambda: _read(path, fmt)), str(path)
+
+
+def _contacts(rows: Iterable[tuple[str, object]]) -> Iterator[tuple[str, dict[str, Any] | KoreConfigurationError]]:
+    """Each row's label with its contact for Kore, or with why it is bad."""
+    from airflow_provider_kore import api
+
+    fields = {_key(field): field for field in api.CONTACT_FIELDS}
+    columns: dict[object, str | None] = {}
+    for label, row in rows:
+        try:
+            if isinstance(row, Exception):
+                raise row
+            if not isinstance(row, Mapping):
+                raise KoreConfigurationError(f"not an object ({type(row).__name__})")
+            if None in row:  # csv.DictReader's key for fields beyond the header's
+                raise KoreConfigurationError("more fields than the header row has columns")
+            mapped: dict[str, Any] = {}
+            for key, value in row.items():
+                if key not in columns:  # a file has few distinct columns: match each name once
+                    columns[key] = fields.get(_key(key))
+                if (field := columns[key]) is not None:
+                    mapped[field] = value
+            yield label, api.contact_payload(mapped)
+        except KoreConfigurationError as exc:
+            yield label, exc
 
 
 def _read(path: Any, fmt: str) -> Iterator[tuple[str, object]]:

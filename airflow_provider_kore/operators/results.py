@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_kore._compat import object_storage_path
 from airflow_provider_kore.operators._base import KoreCampaignOperatorBase, file_format, file_uri
 from airflow_provider_kore.waiting import is_template
 
@@ -67,18 +68,16 @@ class KoreExportCampaignResultsOperator(KoreCampaignOperatorBase):
 
     def execute(self, context: Context) -> dict[str, Any]:
         """Write every contact outcome to a temporary file beside the destination, then move it there."""
-        from airflow_provider_kore._compat import object_storage_path
-
         fmt = file_format("format", file_uri("destination", self.destination), self.format, "csv")
         campaign_id, stream_id = self._campaign()
         rows = self.hook.iter_campaign_contacts(campaign_id, stream_id=stream_id)
         destination = object_storage_path(self.destination)
         if destination.protocol in ("", "file", "local"):
             destination.parent.mkdir(parents=True, exist_ok=True)
-        # Hidden, unique, in the same folder: the final move is a rename on a local disk.
+        # Hidden, unique, in the same folder: moving it into place is a rename on a local disk (on an
+        # object store, fsspec's mv copies it, then deletes the temporary object).
         temporary = destination.parent / f".{destination.name}.{uuid.uuid4().hex[:12]}.tmp"
-        outcomes: Counter[str] = Counter()
-        statuses: Counter[str] = Counter()
+        outcomes, statuses = Counter[str](), Counter[str]()
         try:
             with temporary.open("wb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as out:
                 writer = csv.DictWriter(out, RESULT_FIELDS, extrasaction="ignore") if fmt == "csv" else None
@@ -91,7 +90,6 @@ class KoreExportCampaignResultsOperator(KoreCampaignOperatorBase):
                         writer.writerow({key: _cell(value) for key, value in row.items()})
                     else:
                         out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            # A rename on a local disk; object stores (fsspec's mv) copy, then delete the temporary object.
             temporary.rename(destination)
         except BaseException:
             try:

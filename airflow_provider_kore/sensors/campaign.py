@@ -17,15 +17,14 @@ from airflow_provider_kore._compat import (
     BaseSensorOperator,
     default_deferrable,
 )
+from airflow_provider_kore.operators._base import KoreOperatorBase
 from airflow_provider_kore.status import DEFAULT_TARGET_STATUSES, StatusRule
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_kore.hooks.kore import KoreHook
 
-
-class KoreCampaignStatusSensor(BaseSensorOperator):
+class KoreCampaignStatusSensor(KoreOperatorBase, BaseSensorOperator):
     """Wait until a Kore.ai campaign reaches one of ``target_statuses``.
 
     The status data ``{"id", "status", "name"}`` is the XCom value. A failure status, or a terminal
@@ -50,6 +49,7 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
 
     template_fields = ("campaign_id", "campaign_name", "stream_id", "target_statuses", "failure_statuses")
     ui_color = "#e3f1e8"
+    _hook_until_execution_timeout = False  # each poke bounds its own read: a hook deadline would end later pokes too
 
     def __init__(
         self,
@@ -59,8 +59,6 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         campaign_type: str | None = None,
         target_statuses: str | Iterable[str] = DEFAULT_TARGET_STATUSES,
         failure_statuses: str | Iterable[str] | None = None,
-        stream_id: str | None = None,
-        kore_conn_id: str = ids.DEFAULT_CONN_ID,
         deferrable: bool | None = None,
         max_consecutive_errors: int | None = None,
         **kwargs: Any,
@@ -71,22 +69,11 @@ class KoreCampaignStatusSensor(BaseSensorOperator):
         self.campaign_type = campaign_type
         self.target_statuses = target_statuses
         self.failure_statuses = failure_statuses
-        self.stream_id = stream_id
-        self.kore_conn_id = kore_conn_id
         self.deferrable = default_deferrable() if deferrable is None else bool(deferrable)
         self.max_consecutive_errors = waiting.max_errors(max_consecutive_errors)
-        # Refuse what can be refused at DAG-parse time; templates are checked again after rendering.
         waiting.positive_seconds("poke_interval", self.poke_interval)
         waiting.check_campaign_choice(campaign_id, campaign_name, campaign_type)
-        waiting.validate_id_unless_template("stream_id", stream_id, optional=True)
         waiting.status_rule_unless_template(target_statuses, failure_statuses)
-
-    @cached_property
-    def hook(self) -> KoreHook:
-        """The ``KoreHook`` for ``kore_conn_id`` (created on first use, in the worker)."""
-        from airflow_provider_kore.hooks.kore import KoreHook
-
-        return KoreHook(kore_conn_id=self.kore_conn_id)
 
     @cached_property
     def _watch(self) -> waiting.CampaignStatusWatch:
