@@ -1,5 +1,5 @@
 """The one request engine, sans I/O (as h11 is for HTTP/1.1): the sync hook and the async client
-only sign, take their pacing turn, send, hand what happened to :meth:`Exchange.decide` and act on
+only take their pacing turn, sign, send, hand what happened to :meth:`Exchange.decide` and act on
 the :class:`Decision`."""
 
 from __future__ import annotations

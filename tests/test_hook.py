@@ -390,6 +390,25 @@ def test_after_a_reload_the_request_follows_the_changed_connection(monkeypatch, 
     jwt.decode(requests_mock.request_history[-1].headers["auth"], SECRET, algorithms=["HS256"])
 
 
+def test_after_a_reload_the_changed_connection_s_tls_setting_applies(monkeypatch, requests_mock):
+    """The session is rebuilt from the changed connection: its TLS setting (and proxies) apply at once."""
+    set_conn(monkeypatch, password="old-client-secret-0123456789abcdef0123")
+    hook = KoreHook()
+    hook._sleep = lambda seconds: None
+    _ = hook.config
+
+    def answer(request, context):
+        if len(requests_mock.request_history) <= 2:
+            set_conn(monkeypatch, verify="false")  # the fixed connection: a new secret, TLS checks off
+            context.status_code = 401
+            return {"errors": [{"msg": "Invalid token"}]}
+        return STATUS_BODY
+
+    requests_mock.post(STATUS_URL, json=answer)
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert [r.verify is False for r in requests_mock.request_history] == [False, False, True]
+
+
 # -- retries ---------------------------------------------------------------------------------------
 
 

@@ -300,14 +300,14 @@ class KoreHook(Driver, BaseHook):
         # A priority stop may run in on_kill, a SIGTERM handler interrupting this thread mid-request: it takes no
         # lock the interrupted call could hold (its own session, the pacer's lock-free path).
         pacer = self.pacer
-        with self._new_session() if priority else contextlib.nullcontext(self.session) as session:
+        with self._new_session() if priority else contextlib.nullcontext() as own_session:
             while True:
                 try:
                     sent_at = pacer.acquire_priority() if priority else pacer.acquire(until, sleep=self._sleep)
                 except pacing.BudgetExhausted as exc:
                     raise exchange.out_of_time(exc.reason) from None
                 token = self.signer.token()  # after the turn: a wait for it (a 429 pause) may outlast a cached token
-                what = self._send(session, exchange, token)
+                what = self._send(own_session or self.session, exchange, token)  # a reload builds a new session
                 decision = self._decided(exchange, what, sent_at, token, pacer)
                 if (result := decision.final()) is not None:
                     return result
