@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.sdk import BaseOperator, BaseSensorOperator
 
-try:  # Airflow 3.1+
+try:  # Airflow 3.2+
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
-except ImportError:  # Airflow 3.0
+except ImportError:  # Airflow 3.0 and 3.1
     from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef,unused-ignore]
 try:  # Airflow 3.1+
     from airflow.sdk import BaseHook
