@@ -53,7 +53,7 @@ class KoreAsyncClient(Driver):
         self._config: KoreConnectionConfig | None = None
         self._prepared: dict[_Key, api.PreparedCall] = {}
         self._open_task: asyncio.Task[None] | None = None
-        self._reload_task: asyncio.Task[KoreConnectionConfig] | None = None
+        self._reload_task: asyncio.Task[tuple[KoreConnectionConfig, dict[str, Any]]] | None = None
         self._reloaded_at = float("-inf")
         self.users = 0  # holders of shared_client(...) now
         self.pacing = pacing.AsyncPacer(pacing.Budget(kore_conn_id, waits=lambda: self.users))
@@ -147,26 +147,27 @@ class KoreAsyncClient(Driver):
         await asyncio.shield(self._open_task)
 
     async def _open(self) -> None:
-        config = await self._lookup()
-        ssl, proxy = await asyncio.to_thread(_environment_settings, config)
+        config, options = await self._lookup()
         import aiohttp
 
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT, ssl=ssl),
+            connector=aiohttp.TCPConnector(limit=CONNECTION_LIMIT),
             timeout=aiohttp.ClientTimeout(total=config.timeout),
             headers={"User-Agent": "airflow-provider-kore"},
-            trust_env=False,  # proxies are read once above; trust_env would read ~/.netrc on every request
+            trust_env=False,  # proxies are read with the connection; trust_env would read ~/.netrc on every request
         )
-        self._options = {"allow_redirects": False, **proxy}  # every request's: no redirect, the proxy read once
-        self._use(config)
+        self._use(config, options)
 
-    async def _lookup(self) -> KoreConnectionConfig:
+    async def _lookup(self) -> tuple[KoreConnectionConfig, dict[str, Any]]:
+        """The connection and its requests' TLS and proxy options (in worker threads: Airflow's lookup and masker
+        may block on the supervisor, and a CA bundle is a file)."""
         self.connection_lookups += 1
-        # In a worker thread: Airflow's lookup and masker may block on the supervisor.
-        return await _compat.run_sync(KoreConnectionConfig.load, self.kore_conn_id)
+        config = await _compat.run_sync(KoreConnectionConfig.load, self.kore_conn_id)
+        return config, await asyncio.to_thread(_request_options, config)
 
-    def _use(self, config: KoreConnectionConfig) -> None:
+    def _use(self, config: KoreConnectionConfig, options: dict[str, Any]) -> None:
         self._config = config
+        self._options = {"allow_redirects": False, **options}  # every request's, set per connection read
         self.signer = JwtSigner(config)
         self._prepared.clear()
         self.pacing.budget.configure(config.max_requests_per_minute, config.max_requests_per_hour)
@@ -190,13 +191,13 @@ class KoreAsyncClient(Driver):
             task = self._reload_task = asyncio.get_running_loop().create_task(self._lookup())
         if task is not None and self._config is used:
             try:
-                config = await asyncio.shield(task)
+                config, options = await asyncio.shield(task)
             except Exception as exc:
                 self.log.warning("Could not re-read connection %r after a refused token: %s", self.kore_conn_id, exc)
                 return False
             if config != used and self._config is used:
                 self.log.info("Connection %r changed since it was read; using the new settings", self.kore_conn_id)
-                self._use(config)
+                self._use(config, options)
         return self._config is not used
 
     def _prepare(self, key: _Key) -> api.PreparedCall:
@@ -252,8 +253,8 @@ class KoreAsyncClient(Driver):
             return network_failure(exc)
 
 
-def _environment_settings(config: KoreConnectionConfig) -> tuple[Any, dict[str, Any]]:
-    """TLS verification and proxy for the session (file reads: run in a thread, once per client)."""
+def _request_options(config: KoreConnectionConfig) -> dict[str, Any]:
+    """TLS verification and proxy for the connection's requests (file reads: run in a thread, per connection read)."""
     import ssl
 
     from aiohttp.helpers import get_env_proxy_for_url
@@ -274,5 +275,5 @@ def _environment_settings(config: KoreConnectionConfig) -> tuple[Any, dict[str, 
     try:
         proxy, proxy_auth = get_env_proxy_for_url(URL(config.base_url))
     except LookupError:
-        return verify, {}
-    return verify, {"proxy": proxy, "proxy_auth": proxy_auth}
+        return {"ssl": verify}
+    return {"ssl": verify, "proxy": proxy, "proxy_auth": proxy_auth}

@@ -791,6 +791,31 @@ def test_ca_bundle_path_builds_one_context_per_process(sim, monkeypatch):
     assert aio._ssl_contexts == {bundle: context}
 
 
+def test_a_connection_changed_after_a_401_brings_its_tls_setting_with_it(sim, monkeypatch, lookups):
+    """A connection fixed after a refused token (new secret, and now a CA bundle) is used whole from the next
+    request: its TLS setting too, not only its credentials (the hook builds a new session; so must the client)."""
+    bundle = ssl.get_default_verify_paths().cafile or ""
+    if not bundle:
+        import certifi
+
+        bundle = certifi.where()
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+    set_conn(monkeypatch, sim, password="old-secret-0123456789abcdef0123456789")
+    monkeypatch.setattr(aio, "_ssl_contexts", {})
+
+    def rotate(record):
+        if record.status_code == 401:
+            set_conn(monkeypatch, sim, verify=bundle)
+
+    sim.on_request = rotate
+    data, client = call(lambda c: c.get_campaign_status(VOICE))
+    assert data["id"] == VOICE
+    assert [r.status_code for r in sim.requests] == [401, 401, 200]
+    assert client.config.verify == bundle
+    assert list(aio._ssl_contexts) == [bundle]  # built for the changed connection
+
+
 def test_unreadable_ca_bundle_is_a_configuration_error(sim, monkeypatch, tmp_path):
     set_conn(monkeypatch, sim, verify=str(tmp_path / "missing.pem"))
 
