@@ -198,6 +198,7 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
 CONTACT_FIELDS = ("phoneNumber", "firstName", "lastName", "timeZone", "uniqueId", "contactPriority")
 #: The statuses getAllCampaignDetails filters on, as Kore spells them.
 LIST_STATUSES = ("Active", "Completed", "Ready", "Paused", "Preparing", "Stopped", "Scheduled", "Rescheduled")
+_CONTACT_FIELD_SET = frozenset(CONTACT_FIELDS)
 _PHONE = re.compile(r"\+?[0-9]{5,15}")
 _PHONE_SEPARATORS = re.compile(r"[\s().-]")
 
@@ -219,17 +220,17 @@ def contact_payload(contact: object) -> dict[str, Any]:
     mapped fields (blank ones left out)."""
     if not isinstance(contact, Mapping):
         raise KoreConfigurationError(f"a contact must be a mapping of fields; got {type(contact).__name__}")
-    unknown = sorted(str(key) for key in contact if key not in CONTACT_FIELDS)
-    if unknown:
+    if not _CONTACT_FIELD_SET.issuperset(contact):  # a set test first: a load checks every row of a file
+        unknown = sorted(str(key) for key in contact if key not in _CONTACT_FIELD_SET)
         raise KoreConfigurationError(f"unknown contact fields {unknown}; Kore.ai maps {', '.join(CONTACT_FIELDS)}")
     payload: dict[str, Any] = {}
     for key, value in contact.items():
-        value = value.strip() if isinstance(value, str) else value
-        if value is None or value == "":
-            continue
-        if isinstance(value, bool) or not isinstance(value, (str, int)):
+        if isinstance(value, str):
+            value = value.strip()
+        elif value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise KoreConfigurationError(f"contact field {key} must be text or a number; got {value!r}")
-        payload[key] = value
+        if value is not None and value != "":
+            payload[key] = value
     phone = _PHONE_SEPARATORS.sub("", str(payload.get("phoneNumber", "")))
     if not _PHONE.fullmatch(phone):
         raise KoreConfigurationError(
