@@ -23,8 +23,11 @@ REFRESH_MARGIN = 60.0  # a token is signed anew this long before it expires, so 
 
 #: A network failure by the class names in its exception or in those it wraps (requests, urllib3, aiohttp, ssl,
 #: asyncio), first match wins; TLS only by the exception itself (a TLS error aiohttp wraps came mid-answer: the
-#: connection dropped). Only the class name is kept: the exception's text names the URL.
+#: connection dropped), and never when the server closed the TLS connection (requests raises the same SSLError
+#: for a stale keep-alive connection or a load balancer without a backend as for a failed handshake). Only the
+#: class name is kept: the exception's text names the URL.
 _FAILURES = (
+    (engine.DROPPED, {"SSLEOFError", "SSLZeroReturnError"}, "the TLS connection was closed before an answer came"),
     (engine.TLS, {"SSLError", "ClientSSLError"}, "the TLS handshake failed"),
     (engine.CONNECT, {"ConnectTimeout", "ConnectionTimeoutError"}, "timed out connecting"),
     (engine.CONNECT, {"NameResolutionError", "gaierror"}, "the host name could not be resolved"),

@@ -587,6 +587,15 @@ def _tls_error_mid_answer() -> BaseException:
         # A TLS error in the middle of an answer (aiohttp wraps it): the request was sent, the connection
         # dropped; a patient read rides it out as an outage, not as a final handshake failure.
         (_tls_error_mid_answer, engine.DROPPED, "dropped"),
+        # The server closed the TLS connection (no backend behind a load balancer): an outage, as in the hook.
+        (
+            lambda: aiohttp.ClientConnectorSSLError(
+                aiohttp.client_reqrep.ConnectionKey("kore.test", 443, True, True, None, None, None),
+                ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+            ),
+            engine.DROPPED,
+            "TLS connection was closed",
+        ),
     ],
 )
 def test_network_failure_classifies_aiohttp_errors_without_their_text(make, kind, cause):

@@ -6,12 +6,14 @@ import json
 import logging
 import signal
 import socket
+import ssl
 import time
 from urllib.parse import urlsplit
 
 import jwt
 import pytest
 import requests
+import urllib3
 from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
 
 from airflow_provider_kore import pacing
@@ -546,6 +548,19 @@ def test_network_failures_name_their_cause_and_are_retried(hook, requests_mock, 
     assert requests_mock.call_count == 4
 
 
+def _tls_closed() -> requests.exceptions.SSLError:
+    """What requests raises when the server closes a TLS connection under a request (a stale keep-alive
+    connection, a load balancer without a backend): the same SSLError class as a failed handshake."""
+    eof = ssl.SSLEOFError(8, "EOF occurred in violation of protocol (_ssl.c:2427)")
+    return requests.exceptions.SSLError(MaxRetryError(None, "/x", urllib3.exceptions.SSLError(eof)))
+
+
+def test_a_tls_connection_closed_under_a_read_is_retried_not_taken_for_a_handshake_failure(hook, requests_mock):
+    requests_mock.post(STATUS_URL, [{"exc": _tls_closed()}, {"json": STATUS_BODY}])
+    assert hook.get_campaign_status("cd-1")["status"] == "Active"
+    assert requests_mock.call_count == 2
+
+
 def test_a_tls_handshake_failure_fails_at_once_naming_plain_http(hook, requests_mock):
     requests_mock.post(STATUS_URL, exc=requests.exceptions.SSLError("wrong version number"))
     with pytest.raises(KoreConnectionError) as err:
@@ -622,6 +637,7 @@ def start_posts(requests_mock) -> int:
         ({"status_code": 504, "text": "gateway"}, "HTTP 504"),
         ({"exc": requests.exceptions.ReadTimeout}, "no answer in time"),
         ({"exc": requests.exceptions.ConnectionError("Connection aborted.")}, "dropped"),
+        ({"exc": _tls_closed()}, "TLS connection was closed"),
     ],
 )
 @pytest.mark.parametrize("status", ["Active", "Ready", "Completed", "Preparing"])
