@@ -362,7 +362,8 @@ def test_a_rotated_secret_is_picked_up_after_a_second_401(monkeypatch, requests_
 
 
 def test_after_a_reload_the_request_follows_the_changed_connection(monkeypatch, requests_mock):
-    """A connection fixed after a 401 (new host and secret) is used for the very next attempt."""
+    """A connection fixed after a 401 (new host, secret and TLS setting) is used whole for the very next attempt:
+    the session is rebuilt from it, so its TLS setting (and proxies) apply at once."""
     set_conn(monkeypatch, password="old-client-secret-0123456789abcdef0123")
     hook = KoreHook()
     hook._sleep = lambda seconds: None
@@ -377,7 +378,7 @@ def test_after_a_reload_the_request_follows_the_changed_connection(monkeypatch, 
                     "host": "https://kore-new.test",
                     "login": "cs-app-1",
                     "password": SECRET,
-                    "extra": {"account_id": "acc-1", "stream_id": "st-1"},
+                    "extra": {"account_id": "acc-1", "stream_id": "st-1", "verify": "false"},
                 }
             ),
         )
@@ -389,26 +390,8 @@ def test_after_a_reload_the_request_follows_the_changed_connection(monkeypatch, 
     assert hook.get_campaign_status("cd-1")["status"] == "Active"
     hosts = [urlsplit(r.url).hostname for r in requests_mock.request_history]
     assert hosts == ["kore.test", "kore.test", "kore-new.test"]
-    jwt.decode(requests_mock.request_history[-1].headers["auth"], SECRET, algorithms=["HS256"])
-
-
-def test_after_a_reload_the_changed_connection_s_tls_setting_applies(monkeypatch, requests_mock):
-    """The session is rebuilt from the changed connection: its TLS setting (and proxies) apply at once."""
-    set_conn(monkeypatch, password="old-client-secret-0123456789abcdef0123")
-    hook = KoreHook()
-    hook._sleep = lambda seconds: None
-    _ = hook.config
-
-    def answer(request, context):
-        if len(requests_mock.request_history) <= 2:
-            set_conn(monkeypatch, verify="false")  # the fixed connection: a new secret, TLS checks off
-            context.status_code = 401
-            return {"errors": [{"msg": "Invalid token"}]}
-        return STATUS_BODY
-
-    requests_mock.post(STATUS_URL, json=answer)
-    assert hook.get_campaign_status("cd-1")["status"] == "Active"
     assert [r.verify is False for r in requests_mock.request_history] == [False, False, True]
+    jwt.decode(requests_mock.request_history[-1].headers["auth"], SECRET, algorithms=["HS256"])
 
 
 # -- retries ---------------------------------------------------------------------------------------
