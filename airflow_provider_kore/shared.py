@@ -75,13 +75,13 @@ class JwtSigner:
 
     def token(self) -> str:
         """A valid token: the cached one, or a freshly signed one (always, with ``jwt_per_request``)."""
-        import jwt  # PyJWT pulls in cryptography helpers: keep it off the DAG-parse path
-
         config = self._config
         with self._lock:
             now = self._clock()
             if not config.jwt_per_request and self._token is not None and now < self._expires_at - REFRESH_MARGIN:
                 return self._token
+            import jwt  # only to sign (PyJWT pulls in cryptography helpers: kept off the DAG-parse path)
+
             issued = int(now)
             claims = {"appId": config.client_id, "iat": issued, "exp": issued + TOKEN_LIFETIME, "jti": uuid.uuid4().hex}
             self._token = jwt.encode(claims, config.client_secret, algorithm=config.jwt_algorithm)
