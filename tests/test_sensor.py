@@ -391,7 +391,7 @@ def test_event_messages_are_redacted():
 
 
 def test_the_sensors_hook_has_no_deadline_of_its_own():
-    """Each poke bounds its own read; a hook deadline would end later pokes too."""
+    """Each poke bounds its own read with its own deadline; the hook itself keeps none (as it always has)."""
     hook = KoreCampaignStatusSensor(task_id="wait", campaign_id="cd-1", timeout=600, poke_interval=5).hook
     assert isinstance(hook, KoreHook)
     assert hook.deadline is None

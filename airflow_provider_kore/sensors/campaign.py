@@ -49,7 +49,9 @@ class KoreCampaignStatusSensor(KoreOperatorBase, BaseSensorOperator):
 
     template_fields = ("campaign_id", "campaign_name", "stream_id", "target_statuses", "failure_statuses")
     ui_color = "#e3f1e8"
-    _hook_until_execution_timeout = False  # each poke bounds its own read: a hook deadline would end later pokes too
+    # Each poke passes its own deadline to its read (which wins over the hook's); only a campaign_name lookup
+    # would feel a hook deadline, and the sensor's hook has never had one.
+    _hook_until_execution_timeout = False
 
     def __init__(
         self,
