@@ -166,14 +166,15 @@ def parse_answer(call: PreparedCall, status_code: int, body: bytes | str, *, sec
     scrub = (secrets or Secrets()).redact
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     about: dict[str, Any] = {"operation": call.operation, "campaign_id": call.campaign_id, "status_code": status_code}
-    shape = "" if text.strip() else "an empty body; expected a JSON object"  # what is wrong with a 2xx answer
+    blank = not text.strip()
+    shape = "an empty body; expected a JSON object" if blank else ""  # what is wrong with a 2xx answer
     try:
-        payload: Any = json.loads(text) if text.strip() else None
+        payload: Any = None if blank else json.loads(text)
     except ValueError:
         payload, shape = None, f"non-JSON text {_snippet(text)}"
     kore_msg = kore_error_text(payload)
     if not 200 <= status_code < 300:
-        detail = kore_msg or (_snippet(text) if text.strip() else "no error text")
+        detail = kore_msg or ("no error text" if blank else _snippet(text))
         cls = _STATUS_CLASSES.get(status_code) or (KoreServerError if status_code >= 500 else KoreApiError)
         message = f"{call.where} failed: HTTP {status_code}: {scrub(detail)}{_hint(call, status_code)}"
         raise cls(message, kore_message=scrub(kore_msg) if kore_msg else None, **about)
