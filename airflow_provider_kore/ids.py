@@ -53,3 +53,10 @@ def validate_text(name: str, value: object, limit: int | None = None) -> str:
     if limit is not None and len(value) > limit:
         raise KoreConfigurationError(f"{name} is {len(value)} characters long; Kore.ai allows at most {limit}")
     return value
+
+
+def validate_batch_size(value: object) -> int:
+    """Contacts per add-contacts request: an integer >= 1 (never a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {value!r}")
+    return value

@@ -224,8 +224,7 @@ class KoreHook(Driver, BaseHook):
         queues the add: it is not done on return. A lost answer raises :class:`KoreOutcomeUnknownError`, never re-sent.
         """
         name = ids.validate_text("contact_list_name", contact_list_name, ids.MAX_LIST_NAME_LENGTH)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        ids.validate_batch_size(batch_size)
         self.config.resolve_stream_id(stream_id)
         rows, sent = enumerate(contacts, start=1), 0
         while batch := list(itertools.islice(rows, batch_size)):

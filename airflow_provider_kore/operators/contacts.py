@@ -71,8 +71,7 @@ class KoreLoadContactsOperator(KoreOperatorBase):
             raise KoreConfigurationError("pass exactly one of source= (a file URI) or contacts= (a list)")
         if on_bad_rows not in ("fail", "skip"):
             raise KoreConfigurationError(f"on_bad_rows must be 'fail' or 'skip'; got {on_bad_rows!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise KoreConfigurationError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+        ids.validate_batch_size(batch_size)
         self.contact_list_name = contact_list_name
         self.source = source
         self.contacts = contacts
